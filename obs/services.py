@@ -66,7 +66,7 @@ class Service:
 
     def start(self) -> Service:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed in stop()
+        log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             list(self.argv),
             stdout=log,

@@ -240,6 +240,20 @@ class Metrics:
         "Failures inside torchserve-obs itself, contained so the request is unaffected.",
         (Label.COMPONENT,),
     )
+    EXPORTER_METRICS_FILES = MetricSpec(
+        f"{PREFIX}exporter_metrics_files",
+        "gauge",
+        "Files in the multi-process metrics directory: one set per worker port, so a steady "
+        "value means restarts do not grow it.",
+        (),
+    )
+    EXPORTER_SCRAPE_DURATION = MetricSpec(
+        f"{PREFIX}exporter_scrape_duration_seconds",
+        "gauge",
+        "Time the exporter took to aggregate the worker files for the previous scrape.",
+        (),
+        unit="seconds",
+    )
 
 
 def all_metrics() -> Tuple[MetricSpec, ...]:

@@ -1,0 +1,120 @@
+"""Request context: IDs and trace context taken from headers, and the batch being handled.
+
+Header values come from clients, so everything here treats them as hostile: names match
+case-insensitively, values lose control characters and are truncated, and a malformed
+``traceparent`` is ignored rather than half-used.
+"""
+
+from __future__ import annotations
+
+import re
+from contextvars import ContextVar, Token
+from dataclasses import dataclass
+from typing import Any, Dict, Mapping, MutableMapping, Optional, Tuple
+
+MAX_ID_LENGTH = 128
+"""Longest client-supplied ID kept in a log line; longer values are cut."""
+
+CLIENT_REQUEST_ID_HEADER = "x-request-id"
+TRACEPARENT_HEADER = "traceparent"
+
+_CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?\Z")
+_ZERO_TRACE_ID = "0" * 32
+_ZERO_SPAN_ID = "0" * 16
+
+
+def clean_value(value: Any, limit: int = MAX_ID_LENGTH) -> Optional[str]:
+    """A header value made safe to log: text, no control characters, at most ``limit`` long."""
+    if value is None:
+        return None
+    if isinstance(value, (bytes, bytearray)):
+        value = bytes(value[: limit * 4]).decode("utf-8", "replace")
+    elif not isinstance(value, str):
+        return None
+    cleaned = _CONTROL_CHARS.sub("", value[: limit * 4])[:limit].strip()
+    return cleaned or None
+
+
+def find_header(headers: Optional[Mapping[str, Any]], name: str) -> Any:
+    """The value of header ``name`` (lower case), whatever case the client sent it in."""
+    if not headers:
+        return None
+    value = headers.get(name)
+    if value is not None:
+        return value
+    for key, candidate in headers.items():
+        if isinstance(key, str) and key.lower() == name:
+            return candidate
+    return None
+
+
+def parse_traceparent(value: Any) -> Optional[Tuple[str, str]]:
+    """``(trace_id, span_id)`` from a valid W3C traceparent, else ``None``.
+
+    Invalid per the spec: upper-case hex, version ``ff``, all-zero IDs, and extra fields
+    after a version ``00`` header.
+    """
+    text = clean_value(value, limit=256)
+    if text is None:
+        return None
+    match = _TRACEPARENT.match(text)
+    if match is None:
+        return None
+    version, trace_id, span_id, _flags, rest = match.groups()
+    if version == "ff" or (version == "00" and rest):
+        return None
+    if trace_id == _ZERO_TRACE_ID or span_id == _ZERO_SPAN_ID:
+        return None
+    return trace_id, span_id
+
+
+@dataclass(frozen=True)
+class RequestIds:
+    """How one request is known: to TorchServe, to the client and to its tracer."""
+
+    request_id: Optional[str]
+    client_request_id: Optional[str] = None
+    trace_id: Optional[str] = None
+    span_id: Optional[str] = None
+
+    @classmethod
+    def from_headers(cls, request_id: Any, headers: Optional[Mapping[str, Any]]) -> RequestIds:
+        trace = parse_traceparent(find_header(headers, TRACEPARENT_HEADER))
+        return cls(
+            request_id=clean_value(request_id),
+            client_request_id=clean_value(find_header(headers, CLIENT_REQUEST_ID_HEADER)),
+            trace_id=trace[0] if trace else None,
+            span_id=trace[1] if trace else None,
+        )
+
+    def add_to(self, record: MutableMapping[str, Any], fields: Mapping[str, str]) -> None:
+        """Set the IDs that are known into ``record`` under the given field names."""
+        for attribute, field_name in fields.items():
+            value = getattr(self, attribute)
+            if value is not None:
+                record[field_name] = value
+
+
+_batch_fields: ContextVar[Mapping[str, Any]] = ContextVar("tsobs_batch_fields", default={})
+
+
+def bind_batch(fields: Mapping[str, Any]) -> Token:
+    """Make ``fields`` part of every log line emitted until :func:`reset_batch`."""
+    return _batch_fields.set(fields)
+
+
+def reset_batch(token: Token) -> None:
+    _batch_fields.reset(token)
+
+
+def batch_fields() -> Mapping[str, Any]:
+    """Fields of the batch being handled in this thread/task (empty outside a batch)."""
+    return _batch_fields.get()
+
+
+def add_batch_context(_logger: Any, _method: str, event: Dict[str, Any]) -> Dict[str, Any]:
+    """structlog processor: merge the current batch's fields (explicit fields win)."""
+    for key, value in _batch_fields.get().items():
+        event.setdefault(key, value)
+    return event

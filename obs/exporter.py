@@ -1,0 +1,137 @@
+"""``torchserve-obs exporter``: serves the workers' metrics, aggregated, over HTTP.
+
+Workers write prometheus_client multiprocess files; this process reads them on every
+scrape with a fresh registry (as prometheus_client requires) and adds two gauges about
+itself. It binds to 127.0.0.1 unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Tuple
+
+from prometheus_client import CollectorRegistry, Gauge, values
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from obs.settings import metrics_dir_from_env
+from obs.signals import DEFAULT_PORTS, Metrics
+
+HEALTH_PATH = "/-/healthy"
+
+
+class MetricsSource:
+    """Aggregates one metrics directory into an exposition, and times doing so."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        # The exporter's own gauges live in its memory: were they written to the workers'
+        # directory (prometheus_client does so when PROMETHEUS_MULTIPROC_DIR is set), each
+        # exporter restart would leave a file behind.
+        values.ValueClass = values.MutexValue
+        self._own = CollectorRegistry()
+        self._files = Gauge(
+            Metrics.EXPORTER_METRICS_FILES.name,
+            Metrics.EXPORTER_METRICS_FILES.help,
+            registry=self._own,
+            multiprocess_mode="all",
+        )
+        self._scrape_seconds = Gauge(
+            Metrics.EXPORTER_SCRAPE_DURATION.name,
+            Metrics.EXPORTER_SCRAPE_DURATION.help,
+            registry=self._own,
+            multiprocess_mode="all",
+        )
+
+    def healthy(self) -> bool:
+        return self.directory.is_dir() and os.access(self.directory, os.R_OK)
+
+    def render(self, accept: str) -> Tuple[bytes, str]:
+        encoder, content_type = choose_encoder(accept)
+        started = time.perf_counter()
+        workers = CollectorRegistry()
+        MultiProcessCollector(workers, path=str(self.directory))
+        body = encoder(workers)
+        self._scrape_seconds.set(time.perf_counter() - started)
+        self._files.set(sum(1 for _ in self.directory.glob("*.db")))
+        own = encoder(self._own)
+        if own.startswith(b"# HELP") and body.endswith(b"# EOF\n"):
+            body = body[: -len(b"# EOF\n")]
+        return body + own, content_type
+
+
+def make_server(source: MetricsSource, host: str, port: int) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                body, content_type = source.render(self.headers.get("Accept", ""))
+                self._reply(200, body, content_type)
+            elif path == HEALTH_PATH:
+                ok = source.healthy()
+                message = (
+                    "OK\n" if ok else f"metrics directory {source.directory} is not readable\n"
+                )
+                self._reply(200 if ok else 503, message.encode(), "text/plain; charset=utf-8")
+            elif path == "/":
+                page = f"torchserve-obs exporter: /metrics, {HEALTH_PATH}\n"
+                self._reply(200, page.encode(), "text/plain; charset=utf-8")
+            else:
+                self._reply(404, b"not found\n", "text/plain; charset=utf-8")
+
+        def _reply(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            """Scrapes every few seconds would drown the exporter's own output."""
+
+    return ThreadingHTTPServer((host, port), Handler)
+
+
+def run(args: argparse.Namespace) -> int:
+    from obs.cli import UsageError
+
+    directory = Path(args.metrics_dir) if args.metrics_dir else metrics_dir_from_env()
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        server = make_server(MetricsSource(directory), args.host, args.port)
+    except OSError as err:
+        raise UsageError(f"cannot listen on {args.host}:{args.port}: {err.strerror}") from None
+    print(
+        f"torchserve-obs exporter: serving {directory} on http://{args.host}:{server.server_port}/metrics",
+        flush=True,
+    )
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "exporter",
+        help="serve the workers' metrics over HTTP",
+        description="Serve the metrics of every TorchServe worker, aggregated, for Prometheus.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORTS["exporter"],
+        help=f"port to listen on (default: {DEFAULT_PORTS['exporter']})",
+    )
+    parser.add_argument(
+        "--metrics-dir",
+        help="the workers' PROMETHEUS_MULTIPROC_DIR (default: that variable, else "
+        f"{metrics_dir_from_env()})",
+    )
+    parser.set_defaults(func=run)

@@ -1,0 +1,243 @@
+"""JSON log lines: one object per line on stdout, optionally shipped to Fluentd.
+
+Three producers share one :class:`LogEmitter`, so every line has the same shape whoever
+wrote it: the mixin's per-request completion lines (built as dicts on the hot path),
+structlog loggers from :func:`get_logger`, and the user's own stdlib loggers through
+:class:`StdlibJsonFormatter`. Nothing here touches the root logger: TorchServe parses
+worker stdout for ``[METRICS]`` lines written through it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from datetime import datetime, timezone
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, TextIO
+
+import orjson
+import structlog
+from pythonjsonlogger.json import JsonFormatter
+
+from obs.context import add_batch_context
+from obs.fluent import FluentShipper
+from obs.settings import Settings
+from obs.signals import ECS_FIELDS, Field
+
+LOGGER_NAME = "torchserve_obs"
+MAX_MESSAGE_LENGTH = 2048
+MAX_TRACEBACK_LENGTH = 16384
+
+Record = Dict[str, Any]
+
+
+def iso_timestamp(epoch: Optional[float] = None) -> str:
+    """UTC ISO-8601 with microseconds and a ``Z``, the format Elasticsearch's ``date`` reads."""
+    moment = (
+        datetime.now(timezone.utc) if epoch is None else datetime.fromtimestamp(epoch, timezone.utc)
+    )
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def truncate(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, marking the cut so nobody mistakes it for whole."""
+    return text if len(text) <= limit else text[:limit] + "...[truncated]"
+
+
+def _fallback(value: Any) -> str:
+    return repr(value)
+
+
+def render(record: Mapping[str, Any]) -> bytes:
+    """One JSON object, no newline inside it: orjson escapes every control character."""
+    return orjson.dumps(record, default=_fallback, option=orjson.OPT_NON_STR_KEYS)
+
+
+class LogEmitter:
+    """Renders records, writes them as whole lines, and hands them to the Fluentd shipper.
+
+    A batch of records is written with one write and one flush, so lines from the same
+    batch are never interleaved with TorchServe's own output.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        stream: Optional[TextIO] = None,
+        shipper: Optional[FluentShipper] = None,
+    ) -> None:
+        self._rename: Optional[Mapping[str, str]] = (
+            ECS_FIELDS if settings.log_fields == "ecs" else None
+        )
+        self._stream = stream
+        self._shipper = shipper
+        self._lock = threading.Lock()
+
+    @property
+    def shipper(self) -> Optional[FluentShipper]:
+        return self._shipper
+
+    def field_name(self, name: str) -> str:
+        """The name a field is written under with the configured naming."""
+        return self._rename.get(name, name) if self._rename else name
+
+    def emit(self, records: Sequence[Mapping[str, Any]]) -> None:
+        if self._rename:
+            rename = self._rename
+            records = [{rename.get(key, key): value for key, value in r.items()} for r in records]
+        text = b"\n".join([render(r) for r in records]).decode() + "\n"
+        stream = self._stream or sys.stdout
+        with self._lock:
+            stream.write(text)
+            stream.flush()
+        if self._shipper is not None:
+            for record in records:
+                self._shipper.ship(record)
+
+    def close(self) -> None:
+        if self._shipper is not None:
+            self._shipper.close()
+
+
+_emitter: Optional[LogEmitter] = None
+_emitter_lock = threading.Lock()
+
+
+def emitter() -> LogEmitter:
+    """The process-wide emitter, created from the environment on first use."""
+    global _emitter
+    if _emitter is None:
+        with _emitter_lock:
+            if _emitter is None:
+                _emitter = LogEmitter(Settings.from_env())
+    return _emitter
+
+
+def configure(
+    settings: Settings,
+    on_drop: Callable[[str, int], None],
+    stream: Optional[TextIO] = None,
+) -> LogEmitter:
+    """Install the process-wide emitter; Fluentd shipping starts here if configured.
+
+    Called once per worker after it starts, never at import: fluent-logger's sender thread
+    must be created in the process that uses it.
+    """
+    global _emitter
+    shipper = None
+    if settings.fluent_host:
+        shipper = FluentShipper(
+            host=settings.fluent_host,
+            port=settings.fluent_port,
+            tag=settings.fluent_tag,
+            queue_size=settings.fluent_queue_size,
+            buffer_bytes=settings.fluent_buffer_bytes,
+            on_drop=on_drop,
+        )
+    with _emitter_lock:
+        previous, _emitter = _emitter, LogEmitter(settings, stream=stream, shipper=shipper)
+    if previous is not None:
+        previous.close()
+    return _emitter
+
+
+def add_timestamp(_logger: Any, _method: str, event: Record) -> Record:
+    event[Field.TIMESTAMP] = iso_timestamp()
+    return event
+
+
+class _EmitterLogger:
+    """structlog's output end: hands the finished event dict to the current emitter."""
+
+    def msg(self, **event: Any) -> None:
+        emitter().emit((event,))
+
+    debug = info = warning = warn = error = critical = exception = fatal = log = msg
+
+
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
+
+
+def get_logger(name: str = LOGGER_NAME, **initial_fields: Any) -> Any:
+    """A structlog logger whose lines carry the current batch's model, worker and request IDs.
+
+    Use it in overridden ``preprocess``/``inference``/``postprocess`` methods: the batch
+    context arrives through a context variable, no ``context`` argument needed.
+    """
+    level = _LEVELS[Settings.from_env().log_level]
+    return structlog.wrap_logger(
+        _EmitterLogger(),
+        processors=[
+            structlog.processors.add_log_level,
+            add_batch_context,
+            add_timestamp,
+            structlog.processors.format_exc_info,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+    ).bind(**{Field.LOGGER: name, **initial_fields})
+
+
+class StdlibJsonFormatter(JsonFormatter):
+    """python-json-logger formatter giving stdlib records our field names and batch context."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "%(levelname)s %(name)s %(message)s",
+            rename_fields={
+                "levelname": Field.LEVEL,
+                "name": Field.LOGGER,
+                "message": Field.EVENT,
+                "exc_info": Field.EXCEPTION,
+            },
+        )
+
+    def add_fields(
+        self, log_record: Record, record: logging.LogRecord, message_dict: Record
+    ) -> None:
+        log_record[Field.TIMESTAMP] = iso_timestamp(record.created)
+        super().add_fields(log_record, record, message_dict)
+
+    def process_log_record(self, log_record: Record) -> Record:
+        log_record[Field.LEVEL] = str(log_record.get(Field.LEVEL, "")).lower()
+        return add_batch_context(None, "", log_record)
+
+    def jsonify_log_record(self, log_record: Record) -> str:
+        return render(log_record).decode()
+
+
+class JsonLinesHandler(logging.Handler):
+    """Sends stdlib records through the shared emitter (stdout and Fluentd)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(StdlibJsonFormatter())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            emitter().emit((orjson.loads(self.format(record)),))
+        except Exception:
+            self.handleError(record)
+
+
+def route_to_json(logger_names: Iterable[str]) -> List[logging.Logger]:
+    """Make these stdlib loggers write JSON lines and stop propagating to the root logger.
+
+    Only named loggers are touched; the root logger keeps TorchServe's plain format, which
+    its frontend needs to parse ``[METRICS]`` lines.
+    """
+    routed = []
+    for name in logger_names:
+        logger = logging.getLogger(name)
+        if not any(isinstance(h, JsonLinesHandler) for h in logger.handlers):
+            logger.addHandler(JsonLinesHandler())
+        logger.propagate = False
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.INFO)
+        routed.append(logger)
+    return routed

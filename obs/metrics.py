@@ -1,0 +1,135 @@
+"""prometheus_client metrics created from :mod:`obs.signals`, shared across worker processes.
+
+prometheus_client's multiprocess mode names each process's files after ``os.getpid()``
+and never removes them, so every worker restart would add files and slow every scrape.
+TorchServe restarts a crashed worker on the same port, so we name the files after a
+stable worker identity (``w9000``) instead: the restarted worker reopens its
+predecessor's files and continues its counters, and the directory holds one set of
+files per worker port however often workers die.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Dict, Tuple
+
+from prometheus_client import Counter, Gauge, Histogram, values
+from prometheus_client.metrics import MetricWrapperBase
+
+from obs.gpu import GpuMemory
+from obs.settings import MULTIPROC_DIR_ENV
+from obs.signals import Label, Metrics, MetricSpec, Outcome, Stage
+
+_identity: Dict[str, str] = {}
+
+
+def use_multiprocess_dir(directory: Path, identity: str) -> None:
+    """Write this process's metric values to ``directory`` under a stable ``identity``.
+
+    Two live processes must never share an identity: they would overwrite each other's
+    values. A TorchServe worker port is held by one live worker at a time.
+    """
+    if _identity.get("value") == identity and os.environ.get(MULTIPROC_DIR_ENV) == str(directory):
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    os.environ[MULTIPROC_DIR_ENV] = str(directory)
+    values.ValueClass = values.MultiProcessValue(process_identifier=lambda: identity)
+    _identity["value"] = identity
+
+
+def create(spec: MetricSpec) -> MetricWrapperBase:
+    """The prometheus_client object for ``spec``, unregistered: the exporter reads the files."""
+    common: Dict[str, Any] = {
+        "documentation": spec.help,
+        "labelnames": spec.labels,
+        "registry": None,
+    }
+    if spec.kind == "counter":
+        return Counter(spec.name, **common)
+    if spec.kind == "histogram":
+        return Histogram(spec.name, buckets=spec.buckets, **common)
+    if spec.kind == "gauge":
+        return Gauge(spec.name, multiprocess_mode=spec.multiprocess_mode or "all", **common)
+    raise ValueError(f"metric {spec.name}: unknown kind {spec.kind!r}")
+
+
+class ProcessInstruments:
+    """Metrics of the process rather than of a model: log drops and internal failures."""
+
+    def __init__(self) -> None:
+        self._dropped = create(Metrics.LOG_RECORDS_DROPPED)
+        self._internal = create(Metrics.INTERNAL_ERRORS)
+
+    def count_dropped(self, reason: str, count: int) -> None:
+        self._dropped.labels(reason).inc(count)
+
+    def count_internal_error(self, component: str) -> None:
+        self._internal.labels(component).inc()
+
+
+class ModelInstruments:
+    """The per-model metrics with their label children cached: the hot path only observes."""
+
+    def __init__(self, model: str, version: str) -> None:
+        self.model = model
+        self.version = version
+        requests = create(Metrics.REQUESTS)
+        self.requests = {o: requests.labels(model, version, o) for o in Outcome.ALL}
+        stage = create(Metrics.STAGE_DURATION)
+        self.stage_seconds = {s: stage.labels(model, version, s) for s in Stage.TIMED}
+        self.batch_size = create(Metrics.BATCH_SIZE).labels(model, version)
+        self.batch_fill = create(Metrics.BATCH_FILL).labels(model, version)
+        self._errors = create(Metrics.ERRORS)
+        self._error_children: Dict[Tuple[str, str], Any] = {}
+        self.load_seconds = create(Metrics.MODEL_LOAD_DURATION).labels(model, version)
+        loads = create(Metrics.MODEL_LOADS)
+        self.loads = {
+            o: loads.labels(model, version, o) for o in (Outcome.SUCCESS, Outcome.SERVER_ERROR)
+        }
+        self.worker_starts = create(Metrics.WORKER_STARTS).labels(model, version)
+        self._info = create(Metrics.MODEL_INFO)
+        self.torch_mismatch = create(Metrics.TORCH_VERSION_MISMATCH).labels(model, version)
+        self._gpu = {
+            spec.name: create(spec)
+            for spec in (
+                Metrics.GPU_MEMORY_ALLOCATED,
+                Metrics.GPU_MEMORY_RESERVED,
+                Metrics.GPU_MEMORY_PEAK,
+                Metrics.GPU_MEMORY_USED,
+                Metrics.GPU_MEMORY_TOTAL,
+            )
+        }
+
+    def count_error(self, stage: str, exception: str) -> None:
+        key = (stage, exception)
+        child = self._error_children.get(key)
+        if child is None:
+            child = self._error_children[key] = self._errors.labels(
+                self.model, self.version, stage, exception
+            )
+        child.inc()
+
+    def set_info(
+        self, handler: str, torch_version: str, torchserve_version: str, python_version: str
+    ) -> None:
+        self._info.labels(
+            **{
+                Label.MODEL: self.model,
+                Label.VERSION: self.version,
+                Label.HANDLER: handler,
+                Label.TORCH_VERSION: torch_version,
+                Label.TORCHSERVE_VERSION: torchserve_version,
+                Label.PYTHON_VERSION: python_version,
+            }
+        ).set(1)
+
+    def set_gpu_memory(self, device: str, memory: GpuMemory) -> None:
+        for spec, value in (
+            (Metrics.GPU_MEMORY_ALLOCATED, memory.allocated),
+            (Metrics.GPU_MEMORY_RESERVED, memory.reserved),
+            (Metrics.GPU_MEMORY_PEAK, memory.peak),
+        ):
+            self._gpu[spec.name].labels(self.model, self.version, device).set(value)
+        self._gpu[Metrics.GPU_MEMORY_USED.name].labels(device).set(memory.used)
+        self._gpu[Metrics.GPU_MEMORY_TOTAL.name].labels(device).set(memory.total)

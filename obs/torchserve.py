@@ -1,0 +1,172 @@
+"""Running a TorchServe 0.12 frontend on loopback ports, for the native stack, demo and tests.
+
+Every port TorchServe opens is set explicitly (gRPC and the first worker port included),
+so several instances can run side by side, and metrics are served in ``prometheus`` mode
+(TorchServe's default ``log`` mode answers ``/metrics`` with an empty body).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+import urllib.error
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional
+
+from obs.services import Service, free_port, http_get, wait_until_http_ok
+
+LOOPBACK = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class TorchServePorts:
+    inference: int
+    management: int
+    metrics: int
+    grpc_inference: int
+    grpc_management: int
+    first_worker: int
+
+    @classmethod
+    def free(cls, first_worker: int = 9000) -> TorchServePorts:
+        return cls(free_port(), free_port(), free_port(), free_port(), free_port(), first_worker)
+
+    @property
+    def inference_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.inference}"
+
+    @property
+    def management_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.management}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.metrics}/metrics"
+
+
+def config_properties(
+    ports: TorchServePorts,
+    model_store: Path,
+    load_models: str,
+    extra: Optional[Mapping[str, str]] = None,
+) -> str:
+    """The text of a config.properties for a loopback TorchServe with Prometheus metrics."""
+    properties: Dict[str, str] = {
+        "inference_address": f"http://{LOOPBACK}:{ports.inference}",
+        "management_address": f"http://{LOOPBACK}:{ports.management}",
+        "metrics_address": f"http://{LOOPBACK}:{ports.metrics}",
+        "grpc_inference_address": LOOPBACK,
+        "grpc_management_address": LOOPBACK,
+        "grpc_inference_port": str(ports.grpc_inference),
+        "grpc_management_port": str(ports.grpc_management),
+        "initial_worker_port": str(ports.first_worker),
+        "metrics_mode": "prometheus",
+        "model_store": str(model_store),
+        "load_models": load_models,
+        "disable_token_authorization": "true",
+        "install_py_dep_per_model": "false",
+    }
+    properties.update(extra or {})
+    return "".join(f"{key}={value}\n" for key, value in properties.items())
+
+
+def torchserve_binary() -> str:
+    """The ``torchserve`` script beside this interpreter, else the one on PATH."""
+    beside = Path(sys.executable).parent / "torchserve"
+    found = str(beside) if beside.exists() else shutil.which("torchserve")
+    if not found:
+        raise FileNotFoundError(
+            "torchserve is not installed: pip install 'torchserve-obs[torchserve]'"
+        )
+    return found
+
+
+@dataclass
+class TorchServe:
+    """A TorchServe frontend (and its workers) started in ``workdir``."""
+
+    workdir: Path
+    model_store: Path
+    ports: TorchServePorts
+    load_models: str = "all"
+    env: Mapping[str, str] = field(default_factory=dict)
+    extra_config: Mapping[str, str] = field(default_factory=dict)
+    service: Optional[Service] = None
+
+    @property
+    def log_dir(self) -> Path:
+        return self.workdir / "logs"
+
+    @property
+    def model_log(self) -> Path:
+        """Where every worker stdout line lands, prefixed by log4j."""
+        return self.log_dir / "model_log.log"
+
+    def start(self) -> TorchServe:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "config.properties"
+        config.write_text(
+            config_properties(self.ports, self.model_store, self.load_models, self.extra_config)
+        )
+        env = {
+            **os.environ,
+            "LOG_LOCATION": str(self.log_dir),
+            "METRICS_LOCATION": str(self.log_dir),
+            **self.env,
+        }
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        argv = [
+            torchserve_binary(),
+            "--start",
+            "--foreground",
+            "--ncs",
+            "--model-store",
+            str(self.model_store),
+            "--ts-config",
+            str(config),
+        ]
+        self.service = Service(
+            "torchserve", argv, self.workdir / "torchserve.out", env=env, cwd=self.workdir
+        )
+        self.service.start()
+        return self
+
+    def wait_ready(self, models: List[str], workers: int, timeout: float = 180.0) -> None:
+        """Wait until /ping answers and each model has ``workers`` workers in READY state."""
+        assert self.service is not None and self.service.process is not None
+        wait_until_http_ok(f"{self.ports.inference_url}/ping", timeout, self.service.process)
+        deadline = time.monotonic() + timeout
+        for model in models:
+            while self.ready_workers(model) < workers:
+                if time.monotonic() > deadline or not self.service.running():
+                    raise TimeoutError(
+                        f"model {model} has no {workers} ready workers; log tail:\n{self.service.log_tail()}"
+                    )
+                time.sleep(0.5)
+
+    def describe(self, model: str) -> List[dict]:
+        """The management API's description of a model (one entry per version)."""
+        return list(json.loads(http_get(f"{self.ports.management_url}/models/{model}")))
+
+    def ready_workers(self, model: str) -> int:
+        try:
+            description = self.describe(model)
+        except (urllib.error.URLError, OSError, ValueError):
+            return 0
+        return sum(1 for w in description[0].get("workers", []) if w.get("status") == "READY")
+
+    def worker_pids(self, model: str) -> List[int]:
+        """PIDs of a model's live workers, as the management API reports them."""
+        return [
+            int(w["pid"])
+            for w in self.describe(model)[0].get("workers", [])
+            if w.get("pid", -1) > 0
+        ]
+
+    def stop(self) -> None:
+        if self.service is not None:
+            self.service.stop()
