@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Dict, Mapping, MutableMapping, Optional, Tuple
 
 MAX_ID_LENGTH = 128
@@ -96,7 +97,8 @@ class RequestIds:
                 record[field_name] = value
 
 
-_batch_fields: ContextVar[Mapping[str, Any]] = ContextVar("tsobs_batch_fields", default={})
+_NO_BATCH: Mapping[str, Any] = MappingProxyType({})
+_batch_fields: ContextVar[Mapping[str, Any]] = ContextVar("tsobs_batch_fields", default=_NO_BATCH)
 
 
 def bind_batch(fields: Mapping[str, Any]) -> Token:
