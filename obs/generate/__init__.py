@@ -1,0 +1,47 @@
+"""``torchserve-obs generate``: Grafana dashboards and Prometheus rules from one config.
+
+Only the argument parser lives here; grafanalib and PyYAML are imported when the command
+runs, so ``torchserve-obs --help`` works without the ``generate`` extra installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "generate",
+        help="write Grafana dashboards and Prometheus alert/recording rules",
+        description="Write Grafana dashboards (JSON and a ConfigMap for the Grafana sidecar) "
+        "and Prometheus rules (a rule file and a PrometheusRule) from one config.",
+    )
+    parser.add_argument(
+        "--config", type=Path, default=None, help="YAML config (default: built-in defaults)"
+    )
+    parser.add_argument(
+        "--out", type=Path, required=True, help="directory to write dashboards/ and alerts/ into"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from obs.cli import UsageError
+    from obs.generate.config import ConfigError
+
+    try:
+        from obs.generate import config, writers
+
+        files = writers.build(config.load(args.config))
+    except ConfigError as err:
+        raise UsageError(str(err)) from err
+    except ImportError as err:
+        raise UsageError(
+            f"{err.name} is missing: install torchserve-obs[generate]"
+        ) from err
+    writers.write(args.out, files)
+    for rel in files:
+        print(args.out / rel)
+    return 0

@@ -1,0 +1,159 @@
+"""PromQL building blocks shared by the rules and the dashboards.
+
+Each helper encodes one rule of correctness once (grouping with the optional cluster label,
+TorchServe's absent ``Requests5XX``, ratios of rates), so no expression is written twice.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping, Sequence, Tuple
+
+from obs.generate import torchserve as ts
+from obs.signals import Label, Metrics, MetricSpec, Outcome
+
+TORCHSERVE = "torchserve"
+EXPORTER = "exporter"
+RECORDED = "recorded"
+
+STATUS_CLASS = "code"
+"""Label that :func:`Queries.http_responses` adds to tell the ``Requests*XX`` rates apart."""
+
+RECORD_PREFIX = "model"
+"""Aggregation level of recorded per-model series (``model:<metric>:<operation>``)."""
+
+
+def num(value: float) -> str:
+    """A number as PromQL text, without float noise (``14.4 * 0.005`` is ``0.072``)."""
+    return f"{round(value, 10):g}"
+
+
+def le_regex(bound: float) -> str:
+    """Matcher value for a bucket bound that survives Prometheus 3's ``le`` normalisation."""
+    spellings = {repr(float(bound)), f"{bound:g}"}
+    return "|".join(sorted(re.escape(s).replace("\\", "\\\\") for s in spellings))
+
+
+class Queries:
+    """Selectors and expressions for one config; ``dashboard=True`` adds variable filters."""
+
+    def __init__(self, cfg: Mapping[str, Any], dashboard: bool = False) -> None:
+        self.cfg = cfg
+        self.dashboard = dashboard
+        self.cluster: Tuple[str, ...] = (cfg["cluster_label"],) if cfg["cluster_label"] else ()
+        self.model_by = self.cluster + (Label.MODEL, Label.VERSION)
+        self.instance_by = self.cluster + ("instance",)
+        self.rate_window = "$__rate_interval" if dashboard else cfg["rate_window"]
+
+    def by(self, labels: Sequence[str]) -> str:
+        """``by (...)`` clause; callers pass ``self.model_by`` or ``self.instance_by`` plus extras."""
+        return f"by ({', '.join(labels)})"
+
+    def sel(self, metric: str, source: str, per_model: bool = True, extra: str = "") -> str:
+        """``metric{...}`` with the job selector, dashboard filters and ``extra`` matchers.
+
+        ``source`` is ``torchserve``, ``exporter``, or ``recorded`` for our recorded
+        per-model series, which have no job or instance label.
+        """
+        matchers = [self.cfg[f"{source}_selector"]] if source != RECORDED else []
+        if self.dashboard:
+            if self.cluster:
+                matchers.append(f'{self.cluster[0]}=~"$cluster"')
+            if source != RECORDED:
+                matchers.append('instance=~"$instance(:[0-9]+)?"')
+            if per_model:
+                matchers.append(f'{Label.MODEL}=~"$model"')
+                matchers.append(f'{Label.VERSION}=~"$version"')
+        if extra:
+            matchers.append(extra)
+        return f"{metric}{{{', '.join(matchers)}}}" if matchers else metric
+
+    def exp(self, spec: MetricSpec, suffix: str = "", per_model: bool = True, extra: str = "") -> str:
+        """Selector of one of our metrics, scraped from the exporter."""
+        return self.sel(spec.series(suffix), EXPORTER, per_model, extra)
+
+    def rate(self, selector: str, window: str = "") -> str:
+        return f"rate({selector}[{window or self.rate_window}])"
+
+    def sum_rate(self, selector: str, labels: Sequence[str], window: str = "") -> str:
+        return f"sum {self.by(labels)} ({self.rate(selector, window)})"
+
+    def or_zero(self, expr: str, like: str, on: Sequence[str] = ()) -> str:
+        """``expr``, or 0 for every group of ``like`` where ``expr`` has no series yet.
+
+        ``on`` names the labels that identify a group when ``expr`` carries more of them.
+        """
+        matching = f" on ({', '.join(on)})" if on else ""
+        return f"(\n  {expr}\n  or{matching}\n  0 * {like}\n)"
+
+    def window_increase(self, selector: str, window: str) -> str:
+        """Exact increase over ``window``, counting a series born inside it from zero.
+
+        ``increase()`` misses the first value of a counter that appears already incremented,
+        as a rare event's counter does (no sample until the first event).
+        """
+        return f"({selector} - ({selector} offset {window} or 0 * {selector}))"
+
+    def http_responses(self, labels: Sequence[str], window: str = "") -> str:
+        """Rate of TorchServe's HTTP responses with a ``code`` label per status class.
+
+        A regex on ``__name__`` would fail ("same labelset"); ``label_replace ... or`` does not.
+        """
+        parts = [
+            f'label_replace({self.rate(self.sel(name, TORCHSERVE, per_model=False), window)}, '
+            f'"{STATUS_CLASS}", "{code}", "", "")'
+            for code, name in ts.REQUESTS_BY_CLASS.items()
+        ]
+        joined = "\n  or\n  ".join(parts)
+        return f"sum {self.by(tuple(labels) + (STATUS_CLASS,))} (\n  {joined}\n)"
+
+    def http_5xx_ratio(self, labels: Sequence[str], window: str = "") -> str:
+        """Share of HTTP responses that are 5xx: 0, not absent, before the first 5xx."""
+        five = self.sum_rate(
+            self.sel(ts.REQUESTS_BY_CLASS["5xx"], TORCHSERVE, per_model=False), labels, window
+        )
+        everything = f"sum {self.by(labels)} ({self.http_responses(labels, window)})"
+        return f"{self.or_zero(five, everything)}\n/\n{everything}"
+
+    def server_error_ratio(self, labels: Sequence[str], window: str = "") -> str:
+        """Share of inference requests the handler answered with a server error."""
+        total = self.sum_rate(self.exp(Metrics.REQUESTS), labels, window)
+        errors = self.sum_rate(
+            self.exp(Metrics.REQUESTS, extra=f'{Label.OUTCOME}="{Outcome.SERVER_ERROR}"'),
+            labels,
+            window,
+        )
+        return f"{self.or_zero(errors, total)}\n/\n{total}"
+
+    def slow_ratio(self, labels: Sequence[str], stage: str, bound: float, window: str = "") -> str:
+        """Share of ``stage`` observations slower than ``bound`` seconds (a bucket bound)."""
+        stage_m = f'{Label.STAGE}="{stage}"'
+        fast = self.sum_rate(
+            self.exp(Metrics.STAGE_DURATION, "bucket", extra=f'{stage_m}, le=~"{le_regex(bound)}"'),
+            labels,
+            window,
+        )
+        total = self.sum_rate(self.exp(Metrics.STAGE_DURATION, "count", extra=stage_m), labels, window)
+        return f"1 - (\n  {fast}\n  /\n  {total}\n)"
+
+    def mean_ts_latency(self, counter: str, labels: Sequence[str], window: str = "") -> str:
+        """Mean seconds per request from a TorchServe cumulative-microseconds counter."""
+        spent = self.sum_rate(self.sel(counter, TORCHSERVE), labels, window)
+        requests = self.sum_rate(self.sel(ts.INFERENCE_REQUESTS, TORCHSERVE), labels, window)
+        return f"{spent}\n/\n{requests}\n/ 1e6"
+
+    def quantile(self, q: float, spec: MetricSpec, labels: Sequence[str], extra: str = "") -> str:
+        """``histogram_quantile`` of one of our histograms, grouped by ``labels``."""
+        rated = self.sum_rate(self.exp(spec, "bucket", extra=extra), tuple(labels) + ("le",))
+        return f"histogram_quantile({num(q)}, {rated})"
+
+    def histogram_mean(self, spec: MetricSpec, labels: Sequence[str], extra: str = "") -> str:
+        """Mean of one of our histograms: ratio of the rates of ``_sum`` and ``_count``."""
+        total = self.sum_rate(self.exp(spec, "sum", extra=extra), labels)
+        count = self.sum_rate(self.exp(spec, "count", extra=extra), labels)
+        return f"{total}\n/\n{count}"
+
+
+def record_name(spec_name: str, operation: str, window: str) -> str:
+    """Recording-rule name ``model:<metric>:<operation><window>`` (Prometheus convention)."""
+    return f"{RECORD_PREFIX}:{spec_name}:{operation}{window}"
