@@ -28,6 +28,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 import yaml
 
 from obs.cli import UsageError
+from obs.exporter import exporter_service
 from obs.services import Service, free_port, stop_process_group, wait_until_http_ok
 from obs.signals import DEFAULT_PORTS
 from obs.torchserve import LOOPBACK, TorchServe, TorchServePorts, torchserve_binary
@@ -197,12 +198,12 @@ def read_properties(path: Path) -> Dict[str, str]:
 
 # --- Finding what the host has ------------------------------------------------------------
 
-def find_binary(component: str, names: List[str]) -> Optional[str]:
+def find_binary(names: List[str]) -> Optional[str]:
     return next((found for found in map(shutil.which, names) if found), None)
 
 
 def require_binary(component: str, names: List[str]) -> str:
-    found = find_binary(component, names)
+    found = find_binary(names)
     if found is None:
         raise UsageError(f"{component} not found ({' or '.join(names)} on PATH): {INSTALL_HINTS[component]}")
     return found
@@ -282,7 +283,6 @@ class Stack:
                 "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir()),
                 "TMPDIR": self.state.tmp_dir,
                 "TEMP": self.state.tmp_dir,
-                "PYTHONPATH": _pythonpath(),
             },
             extra_config=extra,
         ).start()
@@ -295,12 +295,10 @@ class Stack:
             return Path(self.args.model_store).resolve()
         store = self.state_dir / "model-store"
         if not list(store.glob("*.mar")):
-            if not (REPO / "examples" / "tiny_classifier" / "build.py").exists():
-                raise UsageError("no example model here (a source checkout has examples/): pass --model-store")
             print("building the example model archives ...", flush=True)
             subprocess.run(
                 [sys.executable, "-m", "handler_mixins.example.build", "--out", str(store)],
-                cwd=REPO, check=True, stdout=subprocess.DEVNULL,
+                check=True, stdout=subprocess.DEVNULL,
             )
         return store.resolve()
 
@@ -311,19 +309,14 @@ class Stack:
             stale.unlink()
         return directory.resolve()
 
-    def start(self, name: str, argv: List[str], ready_path: str, env: Optional[Dict[str, str]] = None) -> None:
-        service = Service(name, argv, self.state_dir / "logs" / f"{name}.log", env=env).start()
-        self.record(name, service, self.url(name))
-        self.wait(name, ready_path, service)
+    def start(self, service: Service, ready_path: str) -> None:
+        service.start()
+        self.record(service.name, service, self.url(service.name))
+        self.wait(service.name, ready_path, service)
 
     def start_exporter(self) -> None:
-        self.start(
-            "exporter",
-            [sys.executable, "-m", "obs.cli", "exporter", "--host", LOOPBACK,
-             "--port", str(self.state.ports["exporter"]), "--metrics-dir", str(self.metrics_dir())],
-            "/-/healthy",
-            env={**os.environ, "PYTHONPATH": _pythonpath()},
-        )
+        log = self.state_dir / "logs" / "exporter.log"
+        self.start(exporter_service(self.metrics_dir(), self.state.ports["exporter"], log), "/-/healthy")
 
     def start_alertmanager(self, binary: str, compose: Path) -> None:
         config = render_alertmanager(
@@ -333,14 +326,14 @@ class Stack:
              "repeat_interval": self.args.repeat_interval},
         )
         path = self._write_yaml("alertmanager.yml", config)
-        self.start(
+        self.start(Service(
             "alertmanager",
             [binary, f"--config.file={path}", f"--storage.path={self.state_dir / 'alertmanager-data'}",
              f"--web.listen-address={LOOPBACK}:{self.state.ports['alertmanager']}",
              # One instance: no gossip listener (it would bind :9094 on every interface).
              "--cluster.listen-address="],
-            "/-/ready",
-        )
+            self._log("alertmanager"),
+        ), "/-/ready")
 
     def start_prometheus(self, binary: str, compose: Path) -> None:
         config = render_prometheus(
@@ -348,15 +341,15 @@ class Stack:
             self.state.ports, Path(self.args.rules_dir).resolve(), self.args.scrape_interval,
         )
         path = self._write_yaml("prometheus.yml", config)
-        self.start(
+        self.start(Service(
             "prometheus",
             [binary, f"--config.file={path}", f"--storage.tsdb.path={self.state_dir / 'prometheus-data'}",
              f"--web.listen-address={LOOPBACK}:{self.state.ports['prometheus']}"],
-            "/-/ready",
-        )
+            self._log("prometheus"),
+        ), "/-/ready")
 
     def start_grafana(self, compose: Path) -> None:
-        binary = find_binary("grafana", ["grafana", "grafana-server"])
+        binary = find_binary(["grafana", "grafana-server"])
         password = os.environ.get("GRAFANA_ADMIN_PASSWORD")
         if binary is None or not password:
             missing = "GRAFANA_ADMIN_PASSWORD is unset" if binary else "grafana not found"
@@ -386,17 +379,15 @@ class Stack:
             "GF_SECURITY_ADMIN_PASSWORD": password,
             "GF_ANALYTICS_REPORTING_ENABLED": "false",
         }
-        self.start("grafana", [*argv, f"--homepath={home}"], "/api/health", env=env)
+        self.start(Service("grafana", [*argv, f"--homepath={home}"], self._log("grafana"), env=env), "/api/health")
+
+    def _log(self, name: str) -> Path:
+        return self.state_dir / "logs" / f"{name}.log"
 
     def _write_yaml(self, name: str, document: Mapping[str, Any]) -> Path:
         path = (self.state_dir / name).resolve()
         path.write_text(yaml.safe_dump(dict(document), sort_keys=False))
         return path
-
-
-def _pythonpath() -> str:
-    """This package's folder first, so child processes import the same torchserve-obs."""
-    return os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
 
 
 def up(args: argparse.Namespace) -> int:
