@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Tuple
+from typing import Any, Iterator, Tuple
 
-from prometheus_client import CollectorRegistry, Gauge, values
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from obs.services import Service
 from obs.settings import metrics_dir_from_env
 from obs.signals import DEFAULT_PORTS, Metrics
 
@@ -25,27 +28,20 @@ HEALTH_PATH = "/-/healthy"
 
 
 class MetricsSource:
-    """Aggregates one metrics directory into an exposition, and times doing so."""
+    """Aggregates one metrics directory into an exposition, and reports on doing so."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        # The exporter's own gauges live in its memory: were they written to the workers'
-        # directory (prometheus_client does so when PROMETHEUS_MULTIPROC_DIR is set), each
-        # exporter restart would leave a file behind.
-        values.ValueClass = values.MutexValue
+        self._last_scrape_seconds = 0.0
         self._own = CollectorRegistry()
-        self._files = Gauge(
-            Metrics.EXPORTER_METRICS_FILES.name,
-            Metrics.EXPORTER_METRICS_FILES.help,
-            registry=self._own,
-            multiprocess_mode="all",
-        )
-        self._scrape_seconds = Gauge(
-            Metrics.EXPORTER_SCRAPE_DURATION.name,
-            Metrics.EXPORTER_SCRAPE_DURATION.help,
-            registry=self._own,
-            multiprocess_mode="all",
-        )
+        self._own.register(self)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """The exporter's own gauges, computed at scrape time (prometheus_client collector)."""
+        files = Metrics.EXPORTER_METRICS_FILES
+        yield GaugeMetricFamily(files.name, files.help, value=sum(1 for _ in self.directory.glob("*.db")))
+        duration = Metrics.EXPORTER_SCRAPE_DURATION
+        yield GaugeMetricFamily(duration.name, duration.help, value=self._last_scrape_seconds)
 
     def healthy(self) -> bool:
         return self.directory.is_dir() and os.access(self.directory, os.R_OK)
@@ -56,10 +52,9 @@ class MetricsSource:
         workers = CollectorRegistry()
         MultiProcessCollector(workers, path=str(self.directory))
         body = encoder(workers)
-        self._scrape_seconds.set(time.perf_counter() - started)
-        self._files.set(sum(1 for _ in self.directory.glob("*.db")))
+        self._last_scrape_seconds = time.perf_counter() - started
         own = encoder(self._own)
-        if own.startswith(b"# HELP") and body.endswith(b"# EOF\n"):
+        if body.endswith(b"# EOF\n"):  # OpenMetrics: one end marker, after both parts
             body = body[: -len(b"# EOF\n")]
         return body + own, content_type
 
@@ -94,6 +89,14 @@ def make_server(source: MetricsSource, host: str, port: int) -> ThreadingHTTPSer
             """Scrapes every few seconds would drown the exporter's own output."""
 
     return ThreadingHTTPServer((host, port), Handler)
+
+
+def exporter_service(
+    metrics_dir: Path, port: int, log_path: Path, host: str = "127.0.0.1"
+) -> Service:
+    """The exporter as a separate process, as the stack, the demo and the tests run it."""
+    argv = [sys.executable, "-m", "obs.cli", "exporter", "--host", host, "--port", str(port)]
+    return Service("exporter", [*argv, "--metrics-dir", str(metrics_dir)], log_path)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -3,7 +3,7 @@
 TorchScript needs no download and loads under torch >= 2.6, whose ``weights_only``
 default breaks BaseHandler's loading of pickled eager models.
 
-    python -m examples.tiny_classifier.build --out model-store
+    python -m handler_mixins.example.build --out model-store
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""The example model: a tiny TorchScript classifier, its handler, and the archive builder."""

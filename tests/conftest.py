@@ -1,0 +1,78 @@
+"""Shared fixtures: the example model store and one real TorchServe with the exporter.
+
+The TorchServe session serves ``tiny`` (the example handler with the mixin) and
+``tiny_plain`` (the same handler without it), two workers each, batch size 8, metrics in
+Prometheus mode, every port a free loopback port.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+import pytest
+
+from handler_mixins.example.build import MODEL_NAME, PLAIN_MODEL_NAME, build_archives
+from obs.exporter import exporter_service
+from obs.services import Service, free_port, wait_until_http_ok
+from obs.torchserve import TorchServe, TorchServePorts
+
+
+@pytest.fixture(scope="session")
+def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    store = tmp_path_factory.mktemp("model-store")
+    build_archives(store, workers=2, batch_size=8, max_batch_delay_ms=20)
+    return store
+
+
+def start_torchserve(
+    workdir: Path, model_store: Path, first_worker_port: int, **env: str
+) -> TorchServe:
+    """A TorchServe serving both example models; its workers' metrics go to ``workdir/metrics``."""
+    server = TorchServe(
+        workdir=workdir,
+        model_store=model_store,
+        ports=TorchServePorts.free(first_worker_port),
+        load_models=f"{MODEL_NAME}={MODEL_NAME}.mar,{PLAIN_MODEL_NAME}={PLAIN_MODEL_NAME}.mar",
+        env={"PROMETHEUS_MULTIPROC_DIR": str(workdir / "metrics"), **env},
+    )
+    server.start()
+    try:
+        server.wait_ready([MODEL_NAME, PLAIN_MODEL_NAME], workers=2)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+class Exporter(NamedTuple):
+    service: Service
+    url: str
+
+    @property
+    def metrics_url(self) -> str:
+        return f"{self.url}/metrics"
+
+
+def start_exporter(workdir: Path, metrics_dir: Path) -> Exporter:
+    port = free_port()
+    service = exporter_service(metrics_dir, port, workdir / "exporter.out").start()
+    exporter = Exporter(service, f"http://127.0.0.1:{port}")
+    wait_until_http_ok(f"{exporter.url}/-/healthy", 30, service.process)
+    return exporter
+
+
+@pytest.fixture(scope="session")
+def torchserve(tmp_path_factory: pytest.TempPathFactory, model_store: Path) -> Iterator[TorchServe]:
+    server = start_torchserve(
+        tmp_path_factory.mktemp("torchserve"), model_store, first_worker_port=9300
+    )
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def exporter(torchserve: TorchServe) -> Iterator[Exporter]:
+    running = start_exporter(torchserve.workdir, torchserve.workdir / "metrics")
+    yield running
+    running.service.stop()

@@ -1,0 +1,96 @@
+"""Request context from hostile headers: case, traceparent validity, injection, size."""
+
+from __future__ import annotations
+
+import pytest
+
+from obs.context import (
+    MAX_ID_LENGTH,
+    RequestIds,
+    batch_fields,
+    bind_batch,
+    clean_value,
+    find_header,
+    parse_traceparent,
+    reset_batch,
+)
+from obs.logs import render
+
+VALID = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+@pytest.mark.parametrize("name", ["X-Request-ID", "x-request-id", "X-REQUEST-ID", "x-Request-Id"])
+def test_client_request_id_is_found_whatever_the_case(name: str) -> None:
+    ids = RequestIds.from_headers(
+        "ts-1", {name: "abc-123", "body": {"content-type": "application/json"}}
+    )
+    assert ids.request_id == "ts-1"
+    assert ids.client_request_id == "abc-123"
+
+
+def test_traceparent_header_case_insensitive_and_parsed() -> None:
+    ids = RequestIds.from_headers("ts-1", {"TraceParent": VALID})
+    assert (ids.trace_id, ids.span_id) == ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        VALID.upper(),  # upper-case hex is invalid
+        "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",  # version ff
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",  # zero trace id
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",  # zero span id
+        VALID + "-extra",  # version 00 has exactly four fields
+        "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",  # short trace id
+        "garbage",
+        "",
+        None,
+        12,
+    ],
+)
+def test_invalid_traceparent_is_ignored(value: object) -> None:
+    assert parse_traceparent(value) is None
+    ids = RequestIds.from_headers("ts-1", {"traceparent": value})
+    assert ids.trace_id is None and ids.span_id is None
+
+
+def test_future_traceparent_version_may_carry_more_fields() -> None:
+    assert parse_traceparent("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-more") == (
+        "4bf92f3577b34da6a3ce929d0e0e4736",
+        "00f067aa0ba902b7",
+    )
+
+
+def test_control_characters_are_removed_so_no_line_can_be_injected() -> None:
+    hostile = 'abc\n{"event":"forged"}\r\x00\x1b[31m\u2028end'
+    cleaned = clean_value(hostile)
+    assert cleaned is not None
+    assert not any(ch in cleaned for ch in "\n\r\x00\x1b\u2028")
+    line = render({"client_request_id": cleaned})
+    assert b"\n" not in line and line.count(b"{") == 2  # the forged object stays inside a string
+
+
+def test_long_values_are_truncated() -> None:
+    ids = RequestIds.from_headers("t" * 10_000, {"x-request-id": "x" * 10_240})
+    assert ids.client_request_id == "x" * MAX_ID_LENGTH
+    assert ids.request_id == "t" * MAX_ID_LENGTH
+
+
+def test_non_ascii_is_kept_and_bytes_are_decoded() -> None:
+    assert clean_value("requête-ü-日本") == "requête-ü-日本"
+    assert clean_value("requête".encode()) == "requête"
+    assert clean_value(b"\xff\xfebad") is not None  # invalid UTF-8 is replaced, not fatal
+
+
+def test_missing_and_non_text_headers() -> None:
+    assert find_header(None, "x-request-id") is None
+    assert RequestIds.from_headers(None, {"x-request-id": {"nested": 1}}).client_request_id is None
+    assert clean_value("   ") is None
+
+
+def test_batch_context_is_scoped() -> None:
+    assert dict(batch_fields()) == {}
+    token = bind_batch({"batch_id": "w1-1"})
+    assert batch_fields()["batch_id"] == "w1-1"
+    reset_batch(token)
+    assert dict(batch_fields()) == {}

@@ -1,0 +1,247 @@
+"""The mixin in-process, through TorchServe's own Python backend (ts.service.Service.predict).
+
+Each test loads the example archives with TorchServe's model loader and compares the
+encoded worker responses with and without the mixin, so "never changes what the handler
+returns" is checked on the exact bytes a worker sends to the frontend.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Dict, Iterator, List
+
+import pytest
+
+from handler_mixins.example.build import MODEL_NAME, PLAIN_MODEL_NAME
+from handler_mixins.observability import ObservabilityMixin, Observer, worker_identity
+from handler_mixins.testing import (
+    load_model,
+    make_context,
+    predict,
+    unpack_archive,
+    wire_request,
+    with_requests,
+)
+from obs.exporter import MetricsSource
+from obs.gpu import GpuMemory, IntervalSampler
+from tests.support.traffic import Samples, parse_samples, total
+
+pytestmark = pytest.mark.torchserve
+
+
+@pytest.fixture(scope="module")
+def metrics_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One multi-process directory for this test process (prometheus_client's is global)."""
+    directory = tmp_path_factory.mktemp("inprocess-metrics")
+    previous = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    yield directory
+    if previous is None:
+        del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    else:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = previous
+
+
+@pytest.fixture(scope="module")
+def unpacked(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Path]:
+    root = tmp_path_factory.mktemp("unpacked")
+    return {
+        name: unpack_archive(model_store / f"{name}.mar", root / name)
+        for name in (MODEL_NAME, PLAIN_MODEL_NAME)
+    }
+
+
+@pytest.fixture(scope="module")
+def services(unpacked: Dict[str, Path], metrics_dir: Path):
+    return {name: load_model(path, name, batch_size=8) for name, path in unpacked.items()}
+
+
+def samples(metrics_dir: Path) -> Samples:
+    return parse_samples(MetricsSource(metrics_dir).render("")[0].decode())
+
+
+def batch(*bodies: bytes, headers: Dict[str, str] = None) -> List[dict]:
+    return [wire_request(f"req-{i}-{hash(b)}", b, headers) for i, b in enumerate(bodies)]
+
+
+GOOD = b"[0.5, -1, 2, 3]"
+CASES = [
+    batch(GOOD),
+    batch(GOOD, b"not json", b"[1, 2]", b'["a", "b", "c", "d"]', GOOD),
+    batch(*[GOOD] * 8),
+    batch(GOOD, b'{"fail": "on purpose"}'),
+]
+
+
+@pytest.mark.parametrize("requests", CASES, ids=["one", "mixed", "full", "failing"])
+def test_worker_response_bytes_are_unchanged(services, requests: List[dict]) -> None:
+    assert predict(services[MODEL_NAME], requests) == predict(services[PLAIN_MODEL_NAME], requests)
+
+
+def test_counts_and_one_completion_line_per_request(services, metrics_dir: Path, capsys) -> None:
+    before = samples(metrics_dir)
+    requests = batch(GOOD, b"not json", GOOD, headers={"X-Request-ID": "client-7"})
+    predict(services[MODEL_NAME], requests)
+    after = samples(metrics_dir)
+
+    def delta(name: str, **labels: str) -> float:
+        return total(after, name, model_name=MODEL_NAME, **labels) - total(
+            before, name, model_name=MODEL_NAME, **labels
+        )
+
+    assert delta("tsobs_requests_total", outcome="success") == 2
+    assert delta("tsobs_requests_total", outcome="client_error") == 1
+    assert delta("tsobs_batch_size_count") == 1 and delta("tsobs_batch_size_sum") == 3
+    assert delta("tsobs_batch_fill_ratio_sum") == pytest.approx(3 / 8)
+    for stage in ("preprocess", "inference", "postprocess", "handle"):
+        assert delta("tsobs_stage_duration_seconds_count", stage=stage) == 1
+
+    lines = [
+        json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")
+    ]
+    done = [r for r in lines if r["event"] == "request_completed"]
+    assert [r["request_id"] for r in done] == [r["requestId"].decode() for r in requests]
+    assert [r["status"] for r in done] == [200, 400, 200]
+    assert {r["client_request_id"] for r in done} == {"client-7"}
+    assert all(r["batch_size"] == 3 and r["duration_ms"] >= r["inference_ms"] for r in done)
+
+
+def test_a_failing_stage_is_logged_once_counted_and_reraised(
+    services, metrics_dir: Path, capsys
+) -> None:
+    before = samples(metrics_dir)
+    response = predict(services[MODEL_NAME], batch(GOOD, b'{"fail": "x"}'))
+    assert b"Prediction failed" in response
+    after = samples(metrics_dir)
+    labels = {"model_name": MODEL_NAME, "stage": "preprocess", "exception": "RuntimeError"}
+    assert (
+        total(after, "tsobs_errors_total", **labels) - total(before, "tsobs_errors_total", **labels)
+        == 1
+    )
+    failed = total(after, "tsobs_requests_total", model_name=MODEL_NAME, outcome="server_error")
+    assert (
+        failed
+        - total(before, "tsobs_requests_total", model_name=MODEL_NAME, outcome="server_error")
+        == 2
+    )
+    lines = [
+        json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")
+    ]
+    errors = [r for r in lines if r["event"] == "batch_failed"]
+    assert len(errors) == 1
+    assert errors[0]["stage"] == "preprocess" and "Traceback" in errors[0]["exception"]
+    assert len(errors[0]["request_ids"]) == 2
+    assert [r["status"] for r in lines if r["event"] == "request_completed"] == [503, 503]
+
+
+def test_instrumentation_failure_is_contained_and_counted(
+    services, metrics_dir: Path, monkeypatch
+) -> None:
+    observer: Observer = services[MODEL_NAME]._entry_point.__self__.__dict__["_tsobs_observer"]
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(observer.emitter, "emit", broken)
+    before = samples(metrics_dir)
+    requests = batch(GOOD, b"[1, 2]")
+    assert predict(services[MODEL_NAME], requests) == predict(services[PLAIN_MODEL_NAME], requests)
+    after = samples(metrics_dir)
+    counted = total(after, "tsobs_internal_errors_total", component="finish")
+    assert counted - total(before, "tsobs_internal_errors_total", component="finish") == 1
+
+
+def test_logs_from_user_code_carry_the_batch_context(
+    unpacked: Dict[str, Path], metrics_dir: Path, capsys
+) -> None:
+    from handler_mixins.example.tiny_classifier import TinyClassifier
+    from obs.logs import get_logger
+
+    structured = get_logger("user")
+    plain = logging.getLogger(__name__)
+
+    class Chatty(ObservabilityMixin, TinyClassifier):
+        def preprocess(self, data):
+            structured.info("preprocessing", rows=len(data))
+            plain.info("stdlib says %s", "hi")
+            return super().preprocess(data)
+
+    handler = Chatty()
+    context = make_context(unpacked[MODEL_NAME], MODEL_NAME, batch_size=8)
+    handler.initialize(context)
+    root_handlers = list(logging.getLogger().handlers)
+    assert plain.propagate is False
+    capsys.readouterr()
+
+    with_requests(context, [{"x-request-id": "abc"}])
+    handler.handle([{"body": [1, 2, 3, 4]}], context)
+    lines = [
+        json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")
+    ]
+    by_event = {r["event"]: r for r in lines}
+    for event in ("preprocessing", "stdlib says hi"):
+        record = by_event[event]
+        assert record["model_name"] == MODEL_NAME and record["request_ids"] == ["request-0"]
+        assert record["batch_id"] == by_event["request_completed"]["batch_id"]
+        assert record["level"] == "info" and record["timestamp"].endswith("Z")
+    assert by_event["preprocessing"]["rows"] == 1 and by_event["preprocessing"]["logger"] == "user"
+    assert by_event["stdlib says hi"]["logger"] == __name__
+    assert by_event["request_completed"]["preprocess_ms"] > 0
+    assert logging.getLogger().handlers == root_handlers  # TorchServe's root logger untouched
+
+
+def test_ecs_field_names(monkeypatch, capsys) -> None:
+    from obs import logs
+    from obs.settings import Settings
+
+    monkeypatch.setenv("TSOBS_LOG_FIELDS", "ecs")
+    emitter = logs.LogEmitter(Settings.from_env())
+    emitter.emit(
+        [
+            {
+                "timestamp": "t",
+                "level": "info",
+                "event": "request_completed",
+                "client_request_id": "c",
+            }
+        ]
+    )
+    record = json.loads(capsys.readouterr().out)
+    assert record == {
+        "@timestamp": "t",
+        "log.level": "info",
+        "message": "request_completed",
+        "http.request.id": "c",
+    }
+
+
+def test_worker_identity_comes_from_the_socket_argument() -> None:
+    argv = [
+        "ts/model_service_worker.py",
+        "--sock-type",
+        "unix",
+        "--sock-name",
+        "/tmp/.ts.sock.9003",
+    ]
+    assert worker_identity(argv) == "w9003"
+    assert worker_identity(["worker", "--sock-type", "tcp", "--port", "9010"]) == "w9010"
+    assert worker_identity(["pytest"]) == f"pid{os.getpid()}"
+
+
+def test_gpu_memory_is_sampled_on_an_interval_not_per_batch() -> None:
+    now = [100.0]
+    published: List[GpuMemory] = []
+    reading = GpuMemory(1, 2, 3, 4, 5)
+    sampler = IntervalSampler(
+        lambda: reading, published.append, interval_s=15, clock=lambda: now[0]
+    )
+    assert sampler.maybe_sample() is True
+    for _ in range(100):
+        now[0] += 0.1
+        sampler.maybe_sample()
+    assert published == [reading]  # 10 s of batches, one reading
+    now[0] += 5.1
+    assert sampler.maybe_sample() is True and len(published) == 2

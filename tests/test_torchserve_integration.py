@@ -1,0 +1,190 @@
+"""The mixin inside a real TorchServe 0.12: outputs, exact counts, log lines, worker crashes.
+
+``tiny`` is the example handler with the mixin and ``tiny_plain`` the same handler without
+it, served by one TorchServe with two workers each and batch size 8.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Dict, List, Tuple
+
+import pytest
+
+from handler_mixins.example.build import MODEL_NAME, PLAIN_MODEL_NAME
+from obs.traffic import Request, Response, json_log_lines, json_request, predict, send_all
+from tests.support.traffic import completions, scrape, total, wait_for
+
+pytestmark = pytest.mark.torchserve
+
+REQUESTS = "tsobs_requests_total"
+OUTCOME_OF_STATUS = {200: "success", 400: "client_error", 503: "server_error"}
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+def mixed_traffic(count: int, seed: int) -> Tuple[List[Request], Dict[int, Dict[str, str]]]:
+    """Valid and malformed requests, some with X-Request-ID and traceparent in odd cases.
+
+    Returns the requests and, by position, the IDs the completion line must carry.
+    """
+    rng = random.Random(seed)
+    requests, expected = [], {}
+    for index in range(count):
+        kind = rng.random()
+        headers: Dict[str, str] = {}
+        ids: Dict[str, str] = {}
+        if index % 3 == 0:
+            name = ("X-Request-ID", "x-request-id", "X-REQUEST-ID")[index % 9 // 3]
+            headers[name] = ids["client_request_id"] = f"client-{seed}-{index}"
+        if index % 4 == 0:
+            span = f"{index + 1:016x}"
+            headers["Traceparent" if index % 8 else "traceparent"] = f"00-{TRACE_ID}-{span}-01"
+            ids["trace_id"], ids["span_id"] = TRACE_ID, span
+        elif index % 4 == 1:
+            headers["traceparent"] = f"00-{TRACE_ID.upper()}-{index:016x}-01"  # upper case: invalid
+        if kind < 0.75:
+            payload = [round(rng.uniform(-3, 3), 3) for _ in range(4)]
+            requests.append(json_request(payload, headers))
+        else:
+            malformed = (b"not json", b"[1, 2]", b'{"x": 1}', b'["a", "b", "c", "d"]')[index % 4]
+            requests.append(Request(malformed, headers))
+        expected[index] = ids
+    return requests, expected
+
+
+def test_outputs_counts_and_completion_lines(torchserve, exporter) -> None:
+    requests, expected_ids = mixed_traffic(300, seed=7)
+    before = scrape(exporter.metrics_url)
+
+    observed = send_all(torchserve.ports.inference_url, MODEL_NAME, requests)
+    plain = send_all(torchserve.ports.inference_url, PLAIN_MODEL_NAME, requests)
+    # A failing request fails its whole batch: send those one at a time to both.
+    failing = [json_request({"fail": f"case {i}"}) for i in range(5)]
+    observed += [predict(torchserve.ports.inference_url, MODEL_NAME, r) for r in failing]
+    plain += [predict(torchserve.ports.inference_url, PLAIN_MODEL_NAME, r) for r in failing]
+
+    # (a) byte for byte what the handler without the mixin answers
+    assert [(r.status, r.body) for r in observed] == [(r.status, r.body) for r in plain]
+    statuses = Counter(r.status for r in observed)
+    assert set(statuses) == {200, 400, 503} and statuses[503] == 5
+
+    # (b) exact counts per outcome
+    after = scrape(exporter.metrics_url)
+    for status, outcome in OUTCOME_OF_STATUS.items():
+        sent = statuses[status]
+        counted = total(after, REQUESTS, model_name=MODEL_NAME, outcome=outcome) - total(
+            before, REQUESTS, model_name=MODEL_NAME, outcome=outcome
+        )
+        assert counted == sent, f"{outcome}: counted {counted}, sent {sent}"
+    errors = total(
+        after,
+        "tsobs_errors_total",
+        model_name=MODEL_NAME,
+        stage="preprocess",
+        exception="RuntimeError",
+    )
+    assert (
+        errors
+        - total(
+            before,
+            "tsobs_errors_total",
+            model_name=MODEL_NAME,
+            stage="preprocess",
+            exception="RuntimeError",
+        )
+        == 5
+    )
+
+    # (c) one completion line per response, with the IDs the client sent
+    ids = {r.request_id for r in observed}
+    assert len(ids) == len(observed)
+
+    def lines_for_all() -> Dict[str, List[dict]]:
+        by_id: Dict[str, List[dict]] = {}
+        for record in completions(json_log_lines(torchserve.model_log), MODEL_NAME):
+            if record.get("request_id") in ids:
+                by_id.setdefault(record["request_id"], []).append(record)
+        return by_id if len(by_id) == len(ids) else {}
+
+    by_id = wait_for(lines_for_all, what="a completion line for every response")
+    for position, response in enumerate(observed):
+        (line,) = by_id[response.request_id]
+        assert line["status"] == response.status
+        assert line["outcome"] == OUTCOME_OF_STATUS[response.status]
+        assert line["model_version"] == "1.0" and line["worker"].startswith("w")
+        assert 0 <= line["batch_index"] < line["batch_size"] <= 8
+        assert line["duration_ms"] >= line.get("inference_ms", 0) >= 0
+        wanted = expected_ids.get(position, {})
+        for field in ("client_request_id", "trace_id", "span_id"):
+            assert line.get(field) == wanted.get(field), (field, line)
+    failed_batches = [
+        r for r in json_log_lines(torchserve.model_log) if r.get("event") == "batch_failed"
+    ]
+    failing_ids = {r.request_id for r in observed[-5:]}
+    logged_failures = [r for r in failed_batches if set(r["request_ids"]) & failing_ids]
+    assert len(logged_failures) == 5
+    assert all(
+        "Traceback" in r["exception"] and r["error_type"] == "RuntimeError" for r in logged_failures
+    )
+
+
+def _worker_died(response: Response) -> bool:
+    return response.status == 507 and b"Worker died" in response.body
+
+
+def test_worker_kill_keeps_counters_and_bounds_the_metrics_directory(torchserve, exporter) -> None:
+    metrics_dir = torchserve.workdir / "metrics"
+    files_before = sorted(os.listdir(metrics_dir))
+    start = scrape(exporter.metrics_url)
+    sent: List[Response] = []
+    previous = start
+    for round_ in range(2):
+        killed = torchserve.worker_pids(MODEL_NAME)[0]
+        slow = json_request({"sleep": 3.0, "features": [1, 2, 3, 4]})
+        fast = [json_request([round_, 1, 2, 3]) for _ in range(40)]
+        url = torchserve.ports.inference_url
+        with ThreadPoolExecutor(3) as pool:
+            # One slow request per worker, sent apart so they land on different workers.
+            first = pool.submit(predict, url, MODEL_NAME, slow)
+            time.sleep(0.3)
+            second = pool.submit(predict, url, MODEL_NAME, slow)
+            time.sleep(0.3)
+            rest = pool.submit(send_all, url, MODEL_NAME, fast, 8)
+            time.sleep(0.3)
+            os.kill(killed, signal.SIGKILL)  # both workers are inside inference now
+            responses = [first.result(60), second.result(60), *rest.result(120)]
+        sent += responses
+        assert any(_worker_died(r) for r in responses), "the kill did not hit a request in flight"
+        wait_for(
+            lambda killed=killed: (
+                torchserve.ready_workers(MODEL_NAME) == 2
+                and killed not in torchserve.worker_pids(MODEL_NAME)
+            ),
+            timeout=60,
+            what="TorchServe to restart the killed worker",
+        )
+        now = scrape(exporter.metrics_url)
+        for outcome in OUTCOME_OF_STATUS.values():
+            assert total(now, REQUESTS, model_name=MODEL_NAME, outcome=outcome) >= total(
+                previous, REQUESTS, model_name=MODEL_NAME, outcome=outcome
+            ), "a counter went backwards after a worker restart"
+        previous = now
+
+    completed = [r for r in sent if not _worker_died(r)]
+    end = scrape(exporter.metrics_url)
+    counted = total(end, REQUESTS, model_name=MODEL_NAME) - total(
+        start, REQUESTS, model_name=MODEL_NAME
+    )
+    assert counted == len(completed)
+    assert (
+        total(end, "tsobs_worker_starts_total", model_name=MODEL_NAME)
+        - total(start, "tsobs_worker_starts_total", model_name=MODEL_NAME)
+        == 2
+    )
+    assert sorted(os.listdir(metrics_dir)) == files_before
+    assert total(end, "tsobs_exporter_metrics_files") == len(files_before)
