@@ -43,7 +43,10 @@ def _schema(name: str) -> Draft7Validator:
 
 
 def _errors(validator: Draft7Validator, document: Any) -> List[str]:
-    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(document)]
+    return [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+        for e in validator.iter_errors(document)
+    ]
 
 
 def _services() -> Dict[str, Dict[str, Any]]:
@@ -61,8 +64,16 @@ def test_compose_file_matches_the_compose_spec(path: Path) -> None:
 
 def test_the_stack_has_every_component() -> None:
     assert set(_services()) == {
-        "torchserve", "exporter", "prometheus", "alertmanager", "grafana", "fluentd",
-        "elasticsearch", "elasticsearch-setup", "kibana", "kibana-setup",
+        "torchserve",
+        "exporter",
+        "prometheus",
+        "alertmanager",
+        "grafana",
+        "fluentd",
+        "elasticsearch",
+        "elasticsearch-setup",
+        "kibana",
+        "kibana-setup",
     }
 
 
@@ -132,14 +143,18 @@ def test_long_running_services_have_healthchecks_and_ordered_starts() -> None:
 def test_no_secret_is_committed() -> None:
     grafana = _services()["grafana"]["environment"]
     # Required from the user's .env, with a message that says how to provide it.
-    assert re.fullmatch(r"\$\{GRAFANA_ADMIN_PASSWORD:\?.*\.env.*\}", grafana["GF_SECURITY_ADMIN_PASSWORD"])
+    assert re.fullmatch(
+        r"\$\{GRAFANA_ADMIN_PASSWORD:\?.*\.env.*\}", grafana["GF_SECURITY_ADMIN_PASSWORD"]
+    )
     example = (COMPOSE / ".env.example").read_text()
     assert re.search(r"^GRAFANA_ADMIN_PASSWORD=$", example, re.M)
     assert (COMPOSE / ".gitignore").read_text().split() == [".env"]
     for path in COMPOSE.rglob("*"):
         if path.is_file() and path.name != ".env.example":
             text = path.read_text(errors="replace")
-            assert not re.search(r"(?i)(password|api_key|routing_key|api_url)\s*[:=](?![?-])\s*(?!\$\{)\S{4,}", text), path
+            assert not re.search(
+                r"(?i)(password|api_key|routing_key|api_url)\s*[:=](?![?-])\s*(?!\$\{)\S{4,}", text
+            ), path
 
 
 def test_torchserve_serves_prometheus_metrics_and_keeps_token_auth() -> None:
@@ -158,7 +173,9 @@ def test_torchserve_healthcheck_is_python39_compatible_and_uses_the_token() -> N
     assert not re.search(r"\bmatch\b .*:|\|\s*None|: dict\[", source)
 
 
-@pytest.mark.parametrize("mount, folder", [("../alerts:", "alerts"), ("../dashboards:", "dashboards")])
+@pytest.mark.parametrize(
+    "mount, folder", [("../alerts:", "alerts"), ("../dashboards:", "dashboards")]
+)
 def test_generated_files_are_mounted_not_copied(mount: str, folder: str) -> None:
     volumes = [v for s in _services().values() for v in s.get("volumes", [])]
     assert any(v.startswith(mount) and v.endswith(":ro") for v in volumes), volumes
@@ -167,13 +184,19 @@ def test_generated_files_are_mounted_not_copied(mount: str, folder: str) -> None
 
 # --- log4j2: JSON lines raw into model_log.jsonl, other lines as log4j text -------------
 
+
 def _json_line_regex() -> re.Pattern[str]:
     root = ET.parse(COMPOSE / "torchserve" / "log4j2.xml").getroot()
     filters = {
-        a.get("name"): a.find("RegexFilter") for a in root.iter("RollingFile") if a.find("RegexFilter") is not None
+        a.get("name"): a.find("RegexFilter")
+        for a in root.iter("RollingFile")
+        if a.find("RegexFilter") is not None
     }
     assert set(filters) == {"model_json", "model_log"}
-    assert filters["model_json"].get("onMatch") == "ACCEPT" and filters["model_log"].get("onMatch") == "DENY"
+    assert (
+        filters["model_json"].get("onMatch") == "ACCEPT"
+        and filters["model_log"].get("onMatch") == "DENY"
+    )
     assert filters["model_json"].get("regex") == filters["model_log"].get("regex")
     return re.compile(filters["model_json"].get("regex"))
 
@@ -183,27 +206,44 @@ def test_log4j_routes_json_lines_apart_from_text_lines() -> None:
     assert regex.fullmatch('{"timestamp":"2026-11-26T02:55:31.677Z","event":"request_completed"}')
     assert not regex.fullmatch("Torch worker started.")
     assert not regex.fullmatch("Traceback (most recent call last):")
-    assert not regex.fullmatch("[METRICS]HandlerTime.Milliseconds:1.0|#ModelName:m,Level:Model|#hostname:h")
+    assert not regex.fullmatch(
+        "[METRICS]HandlerTime.Milliseconds:1.0|#ModelName:m,Level:Model|#hostname:h"
+    )
 
 
 def test_log4j_collects_each_line_once() -> None:
-    loggers = {lg.get("name"): lg for lg in ET.parse(COMPOSE / "torchserve" / "log4j2.xml").getroot().iter("Logger")}
+    loggers = {
+        lg.get("name"): lg
+        for lg in ET.parse(COMPOSE / "torchserve" / "log4j2.xml").getroot().iter("Logger")
+    }
     for name in ("MODEL_LOG", "org.pytorch.serve"):
         assert loggers[name].get("additivity") == "false", name
     model_log = loggers["MODEL_LOG"]
-    assert {r.get("ref") for r in model_log.iter("AppenderRef")} == {"model_json", "model_log", "STDOUT"}
+    assert {r.get("ref") for r in model_log.iter("AppenderRef")} == {
+        "model_json",
+        "model_log",
+        "STDOUT",
+    }
 
 
 # --- Fluentd --------------------------------------------------------------------------
+
 
 def test_fluentd_conf_keeps_its_own_logs_out_and_bounds_buffers() -> None:
     conf = (COMPOSE / "fluentd" / "fluent.conf").read_text()
     assert "<label @FLUENT_LOG>" in conf
     assert re.search(r"^<match torchserve torchserve\.\*\*>", conf, re.M), "no catch-all <match **>"
     assert not re.search(r"^\s*<match \*\*>", conf, re.M)
-    for setting in ("total_limit_size", "overflow_action drop_oldest_chunk",
-                    "retry_type exponential_backoff", "retry_max_interval", "retry_timeout",
-                    "verify_es_version_at_startup false", "reserve_time true", "write_operation create"):
+    for setting in (
+        "total_limit_size",
+        "overflow_action drop_oldest_chunk",
+        "retry_type exponential_backoff",
+        "retry_max_interval",
+        "retry_timeout",
+        "verify_es_version_at_startup false",
+        "reserve_time true",
+        "write_operation create",
+    ):
         assert setting in conf, setting
     dockerfile = (COMPOSE / "fluentd" / "Dockerfile").read_text()
     es_image = _services()["elasticsearch"]["image"]
@@ -218,19 +258,32 @@ def test_fluentd_parses_the_log4j_prefix_torchserve_writes() -> None:
     line = "2026-11-26T02:55:31,677 [INFO ] W-9000-mymodel_1.0-stdout MODEL_LOG - Torch worker started."
     fields = re.match(regex, line).groupdict()
     assert fields == {
-        "time": "2026-11-26T02:55:31,677", "level": "INFO", "thread": "W-9000-mymodel_1.0-stdout",
-        "logger": "MODEL_LOG", "message": "Torch worker started.",
+        "time": "2026-11-26T02:55:31,677",
+        "level": "INFO",
+        "thread": "W-9000-mymodel_1.0-stdout",
+        "logger": "MODEL_LOG",
+        "message": "Torch worker started.",
     }
 
 
 # --- Elasticsearch and Kibana -----------------------------------------------------------
 
 FIELD_TYPES = {
-    Field.TIMESTAMP: "date", Field.REQUEST_ID: "keyword", Field.REQUEST_IDS: "keyword",
-    Field.CLIENT_REQUEST_ID: "keyword", Field.TRACE_ID: "keyword", Field.SPAN_ID: "keyword",
-    Field.DURATION_MS: "double", Field.PREPROCESS_MS: "double", Field.INFERENCE_MS: "double",
-    Field.POSTPROCESS_MS: "double", Field.STATUS: "integer", Field.BATCH_SIZE: "integer",
-    Field.MODEL: "keyword", Field.OUTCOME: "keyword", Field.LEVEL: "keyword",
+    Field.TIMESTAMP: "date",
+    Field.REQUEST_ID: "keyword",
+    Field.REQUEST_IDS: "keyword",
+    Field.CLIENT_REQUEST_ID: "keyword",
+    Field.TRACE_ID: "keyword",
+    Field.SPAN_ID: "keyword",
+    Field.DURATION_MS: "double",
+    Field.PREPROCESS_MS: "double",
+    Field.INFERENCE_MS: "double",
+    Field.POSTPROCESS_MS: "double",
+    Field.STATUS: "integer",
+    Field.BATCH_SIZE: "integer",
+    Field.MODEL: "keyword",
+    Field.OUTCOME: "keyword",
+    Field.LEVEL: "keyword",
 }
 
 
@@ -263,7 +316,11 @@ def test_ilm_policy_rolls_over_and_deletes() -> None:
     assert "rollover" in policy["phases"]["hot"]["actions"]
     assert "delete" in policy["phases"]["delete"]["actions"]
     setup = (COMPOSE / "elasticsearch" / "setup.sh").read_text()
-    for path in ("_ilm/policy/tsobs-logs", "_index_template/tsobs-logs-otel", "_index_template/tsobs-logs-ecs"):
+    for path in (
+        "_ilm/policy/tsobs-logs",
+        "_index_template/tsobs-logs-otel",
+        "_index_template/tsobs-logs-ecs",
+    ):
         assert path in setup
 
 
@@ -274,18 +331,29 @@ def test_data_streams_avoid_the_builtin_logs_templates() -> None:
 
 
 def test_kibana_saved_search_finds_lines_by_request_id() -> None:
-    objects = [json.loads(line) for line in (COMPOSE / "kibana" / "saved-objects.ndjson").read_text().splitlines()]
+    objects = [
+        json.loads(line)
+        for line in (COMPOSE / "kibana" / "saved-objects.ndjson").read_text().splitlines()
+    ]
     by_type = {o["type"]: o for o in objects}
     data_view, search = by_type["index-pattern"], by_type["search"]
     assert data_view["attributes"]["title"] == "tsobs-logs-*"
     assert data_view["attributes"]["timeFieldName"] == "@timestamp"
     assert search["references"][0]["id"] == data_view["id"]
-    query = json.loads(search["attributes"]["kibanaSavedObjectMeta"]["searchSourceJSON"])["query"]["query"]
-    for field in (Field.REQUEST_ID, Field.REQUEST_IDS, ECS_FIELDS[Field.REQUEST_ID], ECS_FIELDS[Field.CLIENT_REQUEST_ID]):
+    query = json.loads(search["attributes"]["kibanaSavedObjectMeta"]["searchSourceJSON"])["query"][
+        "query"
+    ]
+    for field in (
+        Field.REQUEST_ID,
+        Field.REQUEST_IDS,
+        ECS_FIELDS[Field.REQUEST_ID],
+        ECS_FIELDS[Field.CLIENT_REQUEST_ID],
+    ):
         assert f"{field} :" in query, field
 
 
 # --- Prometheus and Alertmanager ----------------------------------------------------------
+
 
 def _tool(name: str) -> str:
     path = shutil.which(name)
@@ -305,7 +373,8 @@ def test_prometheus_config_matches_its_schema() -> None:
 def test_promtool_accepts_prometheus_config() -> None:
     result = subprocess.run(
         [_tool("promtool"), "check", "config", str(COMPOSE / "prometheus" / "prometheus.yml")],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -318,7 +387,9 @@ def test_alertmanager_config_matches_its_schema(path: Path) -> None:
 @pytest.mark.prometheus
 @pytest.mark.parametrize("path", ALERTMANAGER_FILES, ids=lambda p: p.name)
 def test_amtool_accepts_alertmanager_config(path: Path) -> None:
-    result = subprocess.run([_tool("amtool"), "check-config", str(path)], capture_output=True, text=True)
+    result = subprocess.run(
+        [_tool("amtool"), "check-config", str(path)], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

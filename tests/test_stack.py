@@ -27,13 +27,17 @@ def test_prometheus_targets_are_rendered_to_loopback_ports() -> None:
     rendered = stack.render_prometheus(
         _compose_yaml("prometheus", "prometheus.yml"), PORTS, Path("/rules"), "1s"
     )
-    targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in rendered["scrape_configs"]}
+    targets = {
+        job["job_name"]: job["static_configs"][0]["targets"] for job in rendered["scrape_configs"]
+    }
     assert targets["torchserve"] == [f"127.0.0.1:{PORTS['torchserve_metrics']}"]
     assert targets["torchserve-obs"] == [f"127.0.0.1:{PORTS['exporter']}"]
     alertmanagers = rendered["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
     assert alertmanagers == [f"127.0.0.1:{PORTS['alertmanager']}"]
     assert rendered["rule_files"] == ["/rules/*.rules.yml"]
-    assert rendered["global"]["scrape_interval"] == rendered["global"]["evaluation_interval"] == "1s"
+    assert (
+        rendered["global"]["scrape_interval"] == rendered["global"]["evaluation_interval"] == "1s"
+    )
 
 
 def test_a_target_outside_the_stack_is_refused() -> None:
@@ -45,12 +49,20 @@ def test_a_target_outside_the_stack_is_refused() -> None:
 def test_alertmanager_gets_the_webhook_and_timings(tmp_path: Path) -> None:
     source = _compose_yaml("alertmanager", "alertmanager.yml")
     rendered = stack.render_alertmanager(
-        source, "http://127.0.0.1:5001/hook", {"group_wait": "1s", "group_interval": "2s", "repeat_interval": None}
+        source,
+        "http://127.0.0.1:5001/hook",
+        {"group_wait": "1s", "group_interval": "2s", "repeat_interval": None},
     )
     for receiver in rendered["receivers"]:
-        assert receiver["webhook_configs"] == [{"url": "http://127.0.0.1:5001/hook", "send_resolved": True}]
+        assert receiver["webhook_configs"] == [
+            {"url": "http://127.0.0.1:5001/hook", "send_resolved": True}
+        ]
     route = rendered["route"]
-    assert (route["group_wait"], route["group_interval"], route["repeat_interval"]) == ("1s", "2s", "4h")
+    assert (route["group_wait"], route["group_interval"], route["repeat_interval"]) == (
+        "1s",
+        "2s",
+        "4h",
+    )
     assert [r["group_wait"] for r in route["routes"]] == ["1s"]
     assert source["receivers"] == [{"name": "local"}], "the source document is left as it was"
     amtool = shutil.which("amtool")
@@ -63,11 +75,18 @@ def test_alertmanager_gets_the_webhook_and_timings(tmp_path: Path) -> None:
 
 def test_grafana_provisioning_points_at_loopback_and_the_dashboards(tmp_path: Path) -> None:
     stack.render_grafana_provisioning(
-        COMPOSE / "grafana" / "provisioning", tmp_path, "http://127.0.0.1:19090", Path("/repo/dashboards")
+        COMPOSE / "grafana" / "provisioning",
+        tmp_path,
+        "http://127.0.0.1:19090",
+        Path("/repo/dashboards"),
     )
-    datasource = yaml.safe_load((tmp_path / "datasources" / "prometheus.yml").read_text())["datasources"][0]
+    datasource = yaml.safe_load((tmp_path / "datasources" / "prometheus.yml").read_text())[
+        "datasources"
+    ][0]
     assert datasource["url"] == "http://127.0.0.1:19090"
-    provider = yaml.safe_load((tmp_path / "dashboards" / "torchserve-obs.yml").read_text())["providers"][0]
+    provider = yaml.safe_load((tmp_path / "dashboards" / "torchserve-obs.yml").read_text())[
+        "providers"
+    ][0]
     assert provider["options"]["path"] == "/repo/dashboards"
 
 
@@ -82,7 +101,9 @@ def _up_args(tmp_path: Path) -> list:
     return ["stack", "up", "--state-dir", str(tmp_path / "state"), "--free-ports"]
 
 
-def test_missing_prometheus_is_named_with_how_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_prometheus_is_named_with_how_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
     args = build_parser().parse_args(_up_args(tmp_path))
     with pytest.raises(UsageError, match=r"prometheus not found .*apt-get install prometheus"):
@@ -105,8 +126,12 @@ def test_up_refuses_taken_ports_and_names_them() -> None:
 
 
 def test_down_stops_what_up_started_and_nothing_else(tmp_path: Path) -> None:
-    ours = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    ours = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True
+    )
+    other = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True
+    )
     try:
         state = stack.State(ports={}, tmp_dir=str(tmp_path / "tmp"))
         ours_time = stack.process_start_time(ours.pid)

@@ -95,12 +95,26 @@ def webhook() -> Iterator[Webhook]:
 
 
 @pytest.fixture(scope="module")
-def native_stack(tmp_path_factory: pytest.TempPathFactory, rules_dir: Path, webhook: Webhook) -> Iterator[stack.State]:
+def native_stack(
+    tmp_path_factory: pytest.TempPathFactory, rules_dir: Path, webhook: Webhook
+) -> Iterator[stack.State]:
     state_dir = tmp_path_factory.mktemp("stack")
     up = _run_cli(
-        "stack", "up", "--state-dir", str(state_dir), "--free-ports", "--rules-dir", str(rules_dir),
-        "--scrape-interval", "1s", "--webhook-url", webhook.url,
-        "--group-wait", "1s", "--group-interval", "2s",
+        "stack",
+        "up",
+        "--state-dir",
+        str(state_dir),
+        "--free-ports",
+        "--rules-dir",
+        str(rules_dir),
+        "--scrape-interval",
+        "1s",
+        "--webhook-url",
+        webhook.url,
+        "--group-wait",
+        "1s",
+        "--group-interval",
+        "2s",
     )
     try:
         assert up.returncode == 0, up.stdout + up.stderr
@@ -119,7 +133,11 @@ def _prometheus(state: stack.State, path: str) -> Any:
 
 
 def _alert_state(state: stack.State) -> Optional[str]:
-    alerts = [a for a in _prometheus(state, "/api/v1/alerts")["alerts"] if a["labels"]["alertname"] == ALERT]
+    alerts = [
+        a
+        for a in _prometheus(state, "/api/v1/alerts")["alerts"]
+        if a["labels"]["alertname"] == ALERT
+    ]
     return alerts[0]["state"] if alerts else None
 
 
@@ -153,7 +171,10 @@ def test_a_stopped_exporter_alerts_end_to_end(native_stack: stack.State, webhook
             url = f"http://127.0.0.1:{native_stack.ports['alertmanager']}/api/v2/alerts?filter=alertname%3D%22{ALERT}%22"
             return [a for a in json.loads(http_get(url)) if a["status"]["state"] == "active"]
 
-        assert _wait_for("the alert in Alertmanager", in_alertmanager, 30)[0]["labels"]["job"] == "torchserve-obs"
+        assert (
+            _wait_for("the alert in Alertmanager", in_alertmanager, 30)[0]["labels"]["job"]
+            == "torchserve-obs"
+        )
 
         def notification(status: str) -> Callable[[], Optional[Dict[str, Any]]]:
             def find() -> Optional[Dict[str, Any]]:
@@ -161,6 +182,7 @@ def test_a_stopped_exporter_alerts_end_to_end(native_stack: stack.State, webhook
                     if note["status"] == status and note["commonLabels"].get("alertname") == ALERT:
                         return dict(note)
                 return None
+
             return find
 
         note = _wait_for("the firing notification at the webhook", notification("firing"), 30)
