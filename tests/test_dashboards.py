@@ -46,7 +46,9 @@ def test_the_schema_check_is_not_vacuous() -> None:
     from grafanalib import core as G
     from grafanalib._gen import DashboardEncoder
 
-    raw = json.loads(json.dumps(G.Dashboard(title="t", panels=[]).to_json_data(), cls=DashboardEncoder))
+    raw = json.loads(
+        json.dumps(G.Dashboard(title="t", panels=[]).to_json_data(), cls=DashboardEncoder)
+    )
     assert list(jsonschema.Draft7Validator(SCHEMA).iter_errors(raw))
 
 
@@ -68,7 +70,9 @@ def test_conventions(path: Path) -> None:
             if "rate(" in expr or "increase(" in expr:
                 assert "$__rate_interval" in expr or ":" in expr.split("{")[0], panel["title"]
         if panel["type"] == "heatmap":
-            assert all(t["format"] == "heatmap" and "_bucket" in t["expr"] for t in panel["targets"])
+            assert all(
+                t["format"] == "heatmap" and "_bucket" in t["expr"] for t in panel["targets"]
+            )
             assert panel["options"]["calculate"] is False
     assert {"timeseries", "heatmap"} <= kinds
     ids = [p["id"] for p in dash["panels"]]
@@ -102,12 +106,20 @@ def test_torchserve_quirks_are_respected() -> None:
     cpu = [e for e in exprs if ts.CPU_UTILIZATION in e]
     assert cpu and all("avg_over_time" in e for e in cpu)
     assert "__name__" not in joined
-    assert "Hostname" not in joined and "hostname" not in joined, "join on instance, not host labels"
+    assert "Hostname" not in joined and "hostname" not in joined, (
+        "join on instance, not host labels"
+    )
 
 
 def test_gpu_panels_are_marked() -> None:
     cfg = config.resolve({})
-    gpu = [p.title for d in panels.dashboards(cfg) for r in d.rows for p in r.panels if p.needs == panels.GPU]
+    gpu = [
+        p.title
+        for d in panels.dashboards(cfg)
+        for r in d.rows
+        for p in r.panels
+        if p.needs == panels.GPU
+    ]
     assert "GPU utilisation" in gpu and "GPU memory by worker" in gpu
 
 

@@ -63,7 +63,10 @@ def test_example_config_is_valid_and_documents_every_key() -> None:
         ("cluster_label: 'my-cluster'", "cluster_label"),
         ("colour: blue", "colour"),
         ("slo: {latency: {threshold_seconds: 0.3}}", "slo.latency.threshold_seconds"),
-        ("alerts: {TorchServeTargetDown: {severity: page}}", "alerts.TorchServeTargetDown.severity"),
+        (
+            "alerts: {TorchServeTargetDown: {severity: page}}",
+            "alerts.TorchServeTargetDown.severity",
+        ),
         ("alerts: {TorchServeTargetDown: {for: soon}}", "alerts.TorchServeTargetDown.for"),
         ("alerts: {NoSuchAlert: {enabled: false}}", "alerts.NoSuchAlert"),
         ("alerts: {TorchServeTargetDown: {threshold: 3}}", "alerts.TorchServeTargetDown.threshold"),
@@ -110,7 +113,9 @@ alerts:
     assert ratio["labels"] == {"team": "ml", "severity": "critical"}
     assert ratio["annotations"]["runbook_url"] == "https://wiki/errors"
     assert rules["TorchServeTargetDown"]["expr"] == 'up{job="ts"} < 1'
-    assert rules["TorchServeTargetDown"]["annotations"]["runbook_url"].endswith("#torchservetargetdown")
+    assert rules["TorchServeTargetDown"]["annotations"]["runbook_url"].endswith(
+        "#torchservetargetdown"
+    )
 
 
 def test_cluster_label_joins_every_aggregation(tmp_path: Path) -> None:
@@ -153,7 +158,9 @@ def test_prometheusrule_validates_against_the_operator_crd() -> None:
     errors = list(jsonschema.Draft4Validator(schema).iter_errors(doc))
     assert errors == []
     assert doc["kind"] == crd["spec"]["names"]["kind"]
-    assert doc["spec"]["groups"] == yaml.safe_load((REPO / writers.RULES_FILE).read_text())["groups"]
+    assert (
+        doc["spec"]["groups"] == yaml.safe_load((REPO / writers.RULES_FILE).read_text())["groups"]
+    )
     bad = {**doc, "spec": {"groups": [{"name": 1, "rules": "x"}]}}
     assert list(jsonschema.Draft4Validator(schema).iter_errors(bad))
 

@@ -67,12 +67,16 @@ class _Traffic(threading.Thread):
         bodies = [[0.1, 0.2, 0.3, 0.4], [1.0, -1.0, 0.5, 2.0], {"fail": "e2e"}, "not four numbers"]
         i = 0
         while not self.stop.is_set():
-            self.statuses.append(predict(self.base_url, MODEL_NAME, json_request(bodies[i % 4])).status)
+            self.statuses.append(
+                predict(self.base_url, MODEL_NAME, json_request(bodies[i % 4])).status
+            )
             i += 1
             time.sleep(0.05)
 
 
-def test_dashboards_show_data_and_error_alert_fires(tmp_path: Path, torchserve: Any, exporter: Any) -> None:
+def test_dashboards_show_data_and_error_alert_fires(
+    tmp_path: Path, torchserve: Any, exporter: Any
+) -> None:
     binary = shutil.which("prometheus")
     assert binary, "prometheus is not installed (Debian: apt-get install prometheus)"
     cfg = config.resolve(TEST_CONFIG)
@@ -83,8 +87,14 @@ def test_dashboards_show_data_and_error_alert_fires(tmp_path: Path, torchserve: 
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(tmp_path / writers.RULES_FILE)],
         "scrape_configs": [
-            {"job_name": "torchserve", "static_configs": [{"targets": [f"127.0.0.1:{torchserve.ports.metrics}"]}]},
-            {"job_name": "torchserve-obs", "static_configs": [{"targets": [exporter.url.split("//")[1]]}]},
+            {
+                "job_name": "torchserve",
+                "static_configs": [{"targets": [f"127.0.0.1:{torchserve.ports.metrics}"]}],
+            },
+            {
+                "job_name": "torchserve-obs",
+                "static_configs": [{"targets": [exporter.url.split("//")[1]]}],
+            },
         ],
     }
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(prom_config))
@@ -104,7 +114,11 @@ def test_dashboards_show_data_and_error_alert_fires(tmp_path: Path, torchserve: 
         wait_until_http_ok(f"{url}/-/ready", 60, prometheus.process)
         traffic.start()
         queries = [
-            (spec.title, panel.title, substitute(query.expr, {"model": MODEL_NAME, "version": ".+", "instance": ".+"}))
+            (
+                spec.title,
+                panel.title,
+                substitute(query.expr, {"model": MODEL_NAME, "version": ".+", "instance": ".+"}),
+            )
             for spec in panels.dashboards(cfg)
             for row in spec.rows
             for panel in row.panels
@@ -122,11 +136,23 @@ def test_dashboards_show_data_and_error_alert_fires(tmp_path: Path, torchserve: 
         assert empty == [], "\n\n".join(empty)
         assert "TorchServeModelErrorRatioHigh" in _firing(url)
         assert {200, 400, 503} <= set(traffic.statuses)
-        ratio = _query(url, f'model:tsobs_requests:server_error_ratio_rate{WINDOW}{{model_name="{MODEL_NAME}"}}')
+        ratio = _query(
+            url,
+            f'model:tsobs_requests:server_error_ratio_rate{WINDOW}{{model_name="{MODEL_NAME}"}}',
+        )
         assert 0.1 < float(ratio[0]["value"][1]) < 0.5  # one request in four fails
     finally:
         traffic.stop.set()
         prometheus.stop()
-    needs_gpu = {p.title for s in panels.dashboards(cfg) for r in s.rows for p in r.panels if p.needs == panels.GPU}
+    needs_gpu = {
+        p.title
+        for s in panels.dashboards(cfg)
+        for r in s.rows
+        for p in r.panels
+        if p.needs == panels.GPU
+    }
     assert needs_gpu == GPU_PANELS
-    assert [dashboards.uid(cfg, s) for s in panels.dashboards(cfg)] == ["torchserve-obs-overview", "torchserve-obs-model"]
+    assert [dashboards.uid(cfg, s) for s in panels.dashboards(cfg)] == [
+        "torchserve-obs-overview",
+        "torchserve-obs-model",
+    ]

@@ -43,7 +43,9 @@ def test_promtool_check_rules_passes_on_every_generated_rule_file(tmp_path: Path
     from_crd = tmp_path / "from-prometheusrule.yml"
     from_crd.write_text(yaml.safe_dump({"groups": crd["spec"]["groups"]}))
     for path in (RULES, from_crd):
-        result = subprocess.run([_promtool(), "check", "rules", str(path)], capture_output=True, text=True)
+        result = subprocess.run(
+            [_promtool(), "check", "rules", str(path)], capture_output=True, text=True
+        )
         assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -81,14 +83,20 @@ def test_unit_tests_validate_against_the_promtool_test_schema() -> None:
 
     schema = json.loads((SCHEMAS / "schemastore-prometheus.rules.test.json").read_text())
     for path in TESTS.glob("*.yml"):
-        assert list(jsonschema.Draft7Validator(schema).iter_errors(yaml.safe_load(path.read_text()))) == []
+        assert (
+            list(jsonschema.Draft7Validator(schema).iter_errors(yaml.safe_load(path.read_text())))
+            == []
+        )
 
 
 def test_rule_file_validates_against_the_schemastore_schema() -> None:
     import json
 
     schema = json.loads((SCHEMAS / "schemastore-prometheus.rules.json").read_text())
-    assert list(jsonschema.Draft7Validator(schema).iter_errors(yaml.safe_load(RULES.read_text()))) == []
+    assert (
+        list(jsonschema.Draft7Validator(schema).iter_errors(yaml.safe_load(RULES.read_text())))
+        == []
+    )
 
 
 def test_every_expression_parses() -> None:
@@ -127,14 +135,19 @@ def test_mixin_conventions() -> None:
         assert 0 < len(group["rules"]) <= MAX_GROUP_SIZE, group["name"]
         for rule in group["rules"]:
             if "record" in rule:
-                assert re.match(r"^[a-z_]+:[a-zA-Z0-9_]+:[a-z0-9_]+$", rule["record"]), rule["record"]
+                assert re.match(r"^[a-z_]+:[a-zA-Z0-9_]+:[a-z0-9_]+$", rule["record"]), rule[
+                    "record"
+                ]
 
 
 def test_lint_catches_broken_alerts() -> None:
     broken = {
         "alert": "torchserve_down",
         "labels": {"severity": "page"},
-        "annotations": {"summary": "Model {{ $labels.model_name }} is down", "description": "Down."},
+        "annotations": {
+            "summary": "Model {{ $labels.model_name }} is down",
+            "description": "Down.",
+        },
     }
     assert len(_lint_alert(broken)) == 5
 
@@ -142,7 +155,9 @@ def test_lint_catches_broken_alerts() -> None:
 def test_queries_respect_torchserve_quirks() -> None:
     text = "\n".join(r["expr"] for g in _groups() for r in g["rules"])
     # Mean latencies are ratios of rates, never the raw microsecond counter.
-    assert not re.search(r"(?<!rate\()ts_(queue|inference)_latency_microseconds\{[^}]*\}(?!\[)", text)
+    assert not re.search(
+        r"(?<!rate\()ts_(queue|inference)_latency_microseconds\{[^}]*\}(?!\[)", text
+    )
     # The 5xx ratio has a zero fallback for the absent Requests5XX, with label_replace for the sum.
     assert "label_replace(rate(Requests5XX" in text and "or\n  0 * sum by (instance)" in text
     assert "__name__" not in text
