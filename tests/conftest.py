@@ -8,7 +8,7 @@ Prometheus mode, every port a free loopback port.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import Iterator, NamedTuple, Sequence
 
 import pytest
 
@@ -26,19 +26,23 @@ def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def start_torchserve(
-    workdir: Path, model_store: Path, first_worker_port: int, **env: str
+    workdir: Path,
+    model_store: Path,
+    first_worker_port: int,
+    models: Sequence[str] = (MODEL_NAME, PLAIN_MODEL_NAME),
+    **env: str,
 ) -> TorchServe:
-    """A TorchServe serving both example models; its workers' metrics go to ``workdir/metrics``."""
+    """A TorchServe serving the example models; its workers' metrics go to ``workdir/metrics``."""
     server = TorchServe(
         workdir=workdir,
         model_store=model_store,
         ports=TorchServePorts.free(first_worker_port),
-        load_models=f"{MODEL_NAME}={MODEL_NAME}.mar,{PLAIN_MODEL_NAME}={PLAIN_MODEL_NAME}.mar",
+        load_models=",".join(f"{name}={name}.mar" for name in models),
         env={"PROMETHEUS_MULTIPROC_DIR": str(workdir / "metrics"), **env},
     )
     server.start()
     try:
-        server.wait_ready([MODEL_NAME, PLAIN_MODEL_NAME], workers=2)
+        server.wait_ready(list(models), workers=2)
     except BaseException:
         server.stop()
         raise
