@@ -19,6 +19,7 @@ from ts.context import Context, RequestProcessor
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 from ts.model_loader import TsModelLoader
 from ts.service import Service
+from ts.utils.util import get_yaml_config
 
 
 def unpack_archive(archive: Path, into: Path) -> Path:
@@ -30,7 +31,9 @@ def unpack_archive(archive: Path, into: Path) -> Path:
 
 def metrics_cache() -> MetricsCacheYamlImpl:
     """TorchServe's backend metrics store, configured as a worker configures it by default."""
-    cache = MetricsCacheYamlImpl(config_file_path=str(Path(ts.__file__).parent / "configs" / "metrics.yaml"))
+    cache = MetricsCacheYamlImpl(
+        config_file_path=str(Path(ts.__file__).parent / "configs" / "metrics.yaml")
+    )
     cache.initialize_cache()
     return cache
 
@@ -38,7 +41,18 @@ def metrics_cache() -> MetricsCacheYamlImpl:
 def make_context(model_dir: Path, model_name: str, batch_size: int = 1) -> Context:
     """The context a worker hands to ``initialize`` for an unpacked archive."""
     manifest = json.loads((model_dir / "MAR-INF" / "MANIFEST.json").read_text())
-    return Context(model_name, str(model_dir), manifest, batch_size, None, ts.__version__, metrics=metrics_cache())
+    config_file = manifest["model"].get("configFile")
+    yaml_config = get_yaml_config(str(model_dir / config_file)) if config_file else {}
+    return Context(
+        model_name,
+        str(model_dir),
+        manifest,
+        batch_size,
+        None,
+        ts.__version__,
+        metrics=metrics_cache(),
+        model_yaml_config=yaml_config,
+    )
 
 
 def with_requests(context: Context, headers: Sequence[Mapping[str, str]]) -> Context:
@@ -56,7 +70,7 @@ def load_model(model_dir: Path, model_name: str, batch_size: int = 1) -> Service
     if str(model_dir) not in sys.path:
         sys.path.append(str(model_dir))
     handler = json.loads((model_dir / "MAR-INF" / "MANIFEST.json").read_text())["model"]["handler"]
-    return TsModelLoader().load(
+    service = TsModelLoader().load(
         model_name=model_name,
         model_dir=str(model_dir),
         handler=handler,
@@ -64,6 +78,8 @@ def load_model(model_dir: Path, model_name: str, batch_size: int = 1) -> Service
         batch_size=batch_size,
         metrics_cache=metrics_cache(),
     )
+    service.set_cl_socket(None)  # only streaming responses write to the socket directly
+    return service
 
 
 def wire_request(

@@ -13,6 +13,9 @@ import sys
 from typing import List, Optional
 
 from obs import __version__
+from obs.errors import UsageError
+
+__all__ = ["UsageError", "build_parser", "main"]
 
 COMMAND_MODULES = (
     "obs.exporter",
@@ -20,10 +23,6 @@ COMMAND_MODULES = (
     "obs.stack",
     "obs.demo",
 )
-
-
-class UsageError(Exception):
-    """A problem the user can fix (bad config, missing binary): printed without a traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -39,7 +39,7 @@ def demo_traffic(count: int) -> List[Request]:
 
 def run(args: argparse.Namespace) -> int:
     from handler_mixins.example.build import MODEL_NAME, build_archives
-    from obs.cli import UsageError
+    from obs.errors import UsageError
 
     workdir = Path(args.workdir).resolve()
     store = workdir / "model-store"

@@ -39,7 +39,9 @@ class MetricsSource:
     def collect(self) -> Iterator[GaugeMetricFamily]:
         """The exporter's own gauges, computed at scrape time (prometheus_client collector)."""
         files = Metrics.EXPORTER_METRICS_FILES
-        yield GaugeMetricFamily(files.name, files.help, value=sum(1 for _ in self.directory.glob("*.db")))
+        yield GaugeMetricFamily(
+            files.name, files.help, value=sum(1 for _ in self.directory.glob("*.db"))
+        )
         duration = Metrics.EXPORTER_SCRAPE_DURATION
         yield GaugeMetricFamily(duration.name, duration.help, value=self._last_scrape_seconds)
 
@@ -100,7 +102,7 @@ def exporter_service(
 
 
 def run(args: argparse.Namespace) -> int:
-    from obs.cli import UsageError
+    from obs.errors import UsageError
 
     directory = Path(args.metrics_dir) if args.metrics_dir else metrics_dir_from_env()
     directory.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import yaml
 
-from obs.cli import UsageError
+from obs.errors import UsageError
 from obs.exporter import exporter_service
 from obs.services import Service, free_port, stop_process_group, wait_until_http_ok
 from obs.signals import DEFAULT_PORTS
@@ -40,8 +40,15 @@ DEFAULT_STATE_DIR = ".torchserve-obs"
 TORCHSERVE_EXTRA_PORTS = {"grpc_inference": 7070, "grpc_management": 7071, "first_worker": 9000}
 """TorchServe's other ports (gRPC, first worker): fixed so that they are predictable."""
 
-NATIVE_SERVICES = ("inference", "management", "torchserve_metrics", "exporter", "prometheus",
-                   "alertmanager", "grafana")
+NATIVE_SERVICES = (
+    "inference",
+    "management",
+    "torchserve_metrics",
+    "exporter",
+    "prometheus",
+    "alertmanager",
+    "grafana",
+)
 """Keys of :data:`DEFAULT_PORTS` the native stack listens on."""
 
 TORCHSERVE_OWN_KEYS = ("inference_address", "management_address", "metrics_address", "model_store")
@@ -109,6 +116,7 @@ def is_running(started: Started) -> bool:
 
 # --- Rendering the compose files for loopback ---------------------------------------------
 
+
 def render_prometheus(
     config: Mapping[str, Any], ports: Mapping[str, int], rules_dir: Path, interval: Optional[str]
 ) -> Dict[str, Any]:
@@ -126,7 +134,9 @@ def render_prometheus(
             raise UsageError(f"prometheus.yml: target {target!r} is not a service of the stack")
         return f"{LOOPBACK}:{ports[name]}"
 
-    groups = [s for job in rendered.get("scrape_configs", []) for s in job.get("static_configs", [])]
+    groups = [
+        s for job in rendered.get("scrape_configs", []) for s in job.get("static_configs", [])
+    ]
     for alertmanagers in rendered.get("alerting", {}).get("alertmanagers", []):
         groups.extend(alertmanagers.get("static_configs", []))
     for group in groups:
@@ -198,6 +208,7 @@ def read_properties(path: Path) -> Dict[str, str]:
 
 # --- Finding what the host has ------------------------------------------------------------
 
+
 def find_binary(names: List[str]) -> Optional[str]:
     return next((found for found in map(shutil.which, names) if found), None)
 
@@ -205,7 +216,9 @@ def find_binary(names: List[str]) -> Optional[str]:
 def require_binary(component: str, names: List[str]) -> str:
     found = find_binary(names)
     if found is None:
-        raise UsageError(f"{component} not found ({' or '.join(names)} on PATH): {INSTALL_HINTS[component]}")
+        raise UsageError(
+            f"{component} not found ({' or '.join(names)} on PATH): {INSTALL_HINTS[component]}"
+        )
     return found
 
 
@@ -240,6 +253,7 @@ def choose_ports(free: bool) -> Dict[str, int]:
 
 # --- up / down / status -------------------------------------------------------------------
 
+
 class Stack:
     """Starts the services one by one, recording each in the state file as it goes."""
 
@@ -273,8 +287,12 @@ class Stack:
             workdir=self.state_dir / "torchserve",
             model_store=self.model_store(),
             ports=TorchServePorts(
-                ports["inference"], ports["management"], ports["torchserve_metrics"],
-                ports["grpc_inference"], ports["grpc_management"], ports["first_worker"],
+                ports["inference"],
+                ports["management"],
+                ports["torchserve_metrics"],
+                ports["grpc_inference"],
+                ports["grpc_management"],
+                ports["first_worker"],
             ),
             load_models=settings.get("load_models", "all"),
             # TorchServe's pid file and worker sockets go to the temp dir: a private one lets
@@ -298,7 +316,8 @@ class Stack:
             print("building the example model archives ...", flush=True)
             subprocess.run(
                 [sys.executable, "-m", "handler_mixins.example.build", "--out", str(store)],
-                check=True, stdout=subprocess.DEVNULL,
+                check=True,
+                stdout=subprocess.DEVNULL,
             )
         return store.resolve()
 
@@ -316,37 +335,58 @@ class Stack:
 
     def start_exporter(self) -> None:
         log = self.state_dir / "logs" / "exporter.log"
-        self.start(exporter_service(self.metrics_dir(), self.state.ports["exporter"], log), "/-/healthy")
+        self.start(
+            exporter_service(self.metrics_dir(), self.state.ports["exporter"], log), "/-/healthy"
+        )
 
     def start_alertmanager(self, binary: str, compose: Path) -> None:
         config = render_alertmanager(
             yaml.safe_load((compose / "alertmanager" / "alertmanager.yml").read_text()),
             self.args.webhook_url,
-            {"group_wait": self.args.group_wait, "group_interval": self.args.group_interval,
-             "repeat_interval": self.args.repeat_interval},
+            {
+                "group_wait": self.args.group_wait,
+                "group_interval": self.args.group_interval,
+                "repeat_interval": self.args.repeat_interval,
+            },
         )
         path = self._write_yaml("alertmanager.yml", config)
-        self.start(Service(
-            "alertmanager",
-            [binary, f"--config.file={path}", f"--storage.path={self.state_dir / 'alertmanager-data'}",
-             f"--web.listen-address={LOOPBACK}:{self.state.ports['alertmanager']}",
-             # One instance: no gossip listener (it would bind :9094 on every interface).
-             "--cluster.listen-address="],
-            self._log("alertmanager"),
-        ), "/-/ready")
+        self.start(
+            Service(
+                "alertmanager",
+                [
+                    binary,
+                    f"--config.file={path}",
+                    f"--storage.path={self.state_dir / 'alertmanager-data'}",
+                    f"--web.listen-address={LOOPBACK}:{self.state.ports['alertmanager']}",
+                    # One instance: no gossip listener (it would bind :9094 on every interface).
+                    "--cluster.listen-address=",
+                ],
+                self._log("alertmanager"),
+            ),
+            "/-/ready",
+        )
 
     def start_prometheus(self, binary: str, compose: Path) -> None:
         config = render_prometheus(
             yaml.safe_load((compose / "prometheus" / "prometheus.yml").read_text()),
-            self.state.ports, Path(self.args.rules_dir).resolve(), self.args.scrape_interval,
+            self.state.ports,
+            Path(self.args.rules_dir).resolve(),
+            self.args.scrape_interval,
         )
         path = self._write_yaml("prometheus.yml", config)
-        self.start(Service(
-            "prometheus",
-            [binary, f"--config.file={path}", f"--storage.tsdb.path={self.state_dir / 'prometheus-data'}",
-             f"--web.listen-address={LOOPBACK}:{self.state.ports['prometheus']}"],
-            self._log("prometheus"),
-        ), "/-/ready")
+        self.start(
+            Service(
+                "prometheus",
+                [
+                    binary,
+                    f"--config.file={path}",
+                    f"--storage.tsdb.path={self.state_dir / 'prometheus-data'}",
+                    f"--web.listen-address={LOOPBACK}:{self.state.ports['prometheus']}",
+                ],
+                self._log("prometheus"),
+            ),
+            "/-/ready",
+        )
 
     def start_grafana(self, compose: Path) -> None:
         binary = find_binary(["grafana", "grafana-server"])
@@ -357,12 +397,17 @@ class Stack:
             return
         grafana_dir = (self.state_dir / "grafana").resolve()
         render_grafana_provisioning(
-            compose / "grafana" / "provisioning", grafana_dir / "provisioning",
-            self.url("prometheus"), Path(self.args.dashboards_dir).resolve(),
+            compose / "grafana" / "provisioning",
+            grafana_dir / "provisioning",
+            self.url("prometheus"),
+            Path(self.args.dashboards_dir).resolve(),
         )
         home = os.environ.get("GRAFANA_HOME") or next(
-            (str(p) for p in (Path("/usr/share/grafana"), Path(binary).resolve().parents[1])
-             if (p / "conf" / "defaults.ini").exists()),
+            (
+                str(p)
+                for p in (Path("/usr/share/grafana"), Path(binary).resolve().parents[1])
+                if (p / "conf" / "defaults.ini").exists()
+            ),
             None,
         )
         if home is None:
@@ -379,7 +424,10 @@ class Stack:
             "GF_SECURITY_ADMIN_PASSWORD": password,
             "GF_ANALYTICS_REPORTING_ENABLED": "false",
         }
-        self.start(Service("grafana", [*argv, f"--homepath={home}"], self._log("grafana"), env=env), "/api/health")
+        self.start(
+            Service("grafana", [*argv, f"--homepath={home}"], self._log("grafana"), env=env),
+            "/api/health",
+        )
 
     def _log(self, name: str) -> Path:
         return self.state_dir / "logs" / f"{name}.log"
@@ -394,13 +442,19 @@ def up(args: argparse.Namespace) -> int:
     state_dir = Path(args.state_dir).resolve()
     previous = load_state(state_dir)
     if previous is not None and any(is_running(s) for s in previous.services.values()):
-        raise UsageError(f"a stack is already running from {state_dir}: `torchserve-obs stack down` first")
+        raise UsageError(
+            f"a stack is already running from {state_dir}: `torchserve-obs stack down` first"
+        )
     compose = Path(args.compose_dir).resolve()
     if not (compose / "prometheus" / "prometheus.yml").exists():
-        raise UsageError(f"{compose} is not the compose/ folder of torchserve-obs: pass --compose-dir")
+        raise UsageError(
+            f"{compose} is not the compose/ folder of torchserve-obs: pass --compose-dir"
+        )
     if not Path(args.rules_dir).is_dir():
-        raise UsageError(f"rules folder {args.rules_dir} not found: pass --rules-dir (generate it with "
-                         "`torchserve-obs generate`)")
+        raise UsageError(
+            f"rules folder {args.rules_dir} not found: pass --rules-dir (generate it with "
+            "`torchserve-obs generate`)"
+        )
     # Everything required is checked before anything starts.
     prometheus = require_binary("prometheus", ["prometheus"])
     alertmanager = require_binary("alertmanager", ["alertmanager", "prometheus-alertmanager"])
@@ -469,7 +523,9 @@ def print_status(state: State) -> bool:
     for name, started in state.services.items():
         running = is_running(started)
         all_up &= running
-        print(f"{name:<13} {'running' if running else 'STOPPED':<8} {started.url:<28} log: {started.log}")
+        print(
+            f"{name:<13} {'running' if running else 'STOPPED':<8} {started.url:<28} log: {started.log}"
+        )
     for note in state.notes:
         print(f"note: {note}")
     return all_up
@@ -493,21 +549,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     actions = parser.add_subparsers(dest="action", metavar="ACTION")
     actions.required = True
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--state-dir", default=DEFAULT_STATE_DIR,
-                        help=f"where pids, ports, configs and logs are kept (default: {DEFAULT_STATE_DIR})")
+    common.add_argument(
+        "--state-dir",
+        default=DEFAULT_STATE_DIR,
+        help=f"where pids, ports, configs and logs are kept (default: {DEFAULT_STATE_DIR})",
+    )
 
     start = actions.add_parser("up", parents=[common], help="start the stack")
     start.add_argument("--compose-dir", default=str(REPO / "compose"), help="the compose/ folder")
     start.add_argument("--rules-dir", default=str(REPO / "alerts"), help="Prometheus rule files")
-    start.add_argument("--dashboards-dir", default=str(REPO / "dashboards"), help="Grafana dashboards")
+    start.add_argument(
+        "--dashboards-dir", default=str(REPO / "dashboards"), help="Grafana dashboards"
+    )
     start.add_argument("--model-store", help="serve these .mar files instead of the example model")
-    start.add_argument("--free-ports", action="store_true",
-                       help="pick free ports instead of the usual ones (8080-8083, 9090, 9093, 3000)")
+    start.add_argument(
+        "--free-ports",
+        action="store_true",
+        help="pick free ports instead of the usual ones (8080-8083, 9090, 9093, 3000)",
+    )
     start.add_argument("--scrape-interval", help="Prometheus scrape and rule evaluation interval")
     start.add_argument("--webhook-url", help="also send every alert to this webhook")
     for timing in ("group-wait", "group-interval", "repeat-interval"):
-        start.add_argument(f"--{timing}", help=f"override Alertmanager's {timing.replace('-', '_')}")
+        start.add_argument(
+            f"--{timing}", help=f"override Alertmanager's {timing.replace('-', '_')}"
+        )
     start.set_defaults(func=up)
 
-    actions.add_parser("down", parents=[common], help="stop what `up` started").set_defaults(func=down)
+    actions.add_parser("down", parents=[common], help="stop what `up` started").set_defaults(
+        func=down
+    )
     actions.add_parser("status", parents=[common], help="show what runs").set_defaults(func=status)

@@ -112,10 +112,15 @@ class TorchServe:
         config.write_text(
             config_properties(self.ports, self.model_store, self.load_models, self.extra_config)
         )
+        # TorchServe keeps its pid file in the temp dir and refuses to start while another
+        # instance's is there: a temp dir of its own lets instances run side by side.
+        tmp = self.workdir / "tmp"
+        tmp.mkdir(exist_ok=True)
         env = {
             **os.environ,
             "LOG_LOCATION": str(self.log_dir),
             "METRICS_LOCATION": str(self.log_dir),
+            "TMPDIR": str(tmp),
             **self.env,
         }
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"

@@ -20,10 +20,10 @@ import yaml
 from jsonschema import Draft7Validator
 
 from obs.signals import DEFAULT_PORTS, ECS_FIELDS, Field
+from tests.support.paths import REPO as ROOT
+from tests.support.paths import SCHEMAS
 
-ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "compose"
-SCHEMAS = Path("/work/shared/schemas")
 COMPOSE_FILES = sorted(COMPOSE.glob("compose*.yaml"))
 ALERTMANAGER_FILES = [COMPOSE / "alertmanager" / "alertmanager.yml"] + sorted(
     (COMPOSE / "alertmanager" / "examples").glob("*.yml")
@@ -38,7 +38,7 @@ def _load(path: Path) -> Any:
 def _schema(name: str) -> Draft7Validator:
     path = SCHEMAS / name
     if not path.exists():
-        pytest.fail(f"schema {path} is missing (see /work/shared/schemas/SOURCES.md)")
+        pytest.fail(f"schema {path} is missing (see ../shared/schemas/SOURCES.md)")
     return Draft7Validator(json.loads(path.read_text()))
 
 

@@ -13,9 +13,9 @@ import pytest
 
 from obs.generate import config, dashboards, panels
 from obs.generate import torchserve as ts
+from tests.support.paths import REPO, SCHEMAS
 
-REPO = Path(__file__).resolve().parents[1]
-SCHEMA = json.loads(Path("/work/shared/schemas/grafana-dashboard.jsonschema.json").read_text())
+SCHEMA = json.loads((SCHEMAS / "grafana-dashboard.jsonschema.json").read_text())
 FILES = sorted((REPO / "dashboards").glob("*.json"))
 MACROS = {"$__rate_interval": "1m", "$__interval": "1m", "$__range": "1h"}
 

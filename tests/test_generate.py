@@ -12,11 +12,9 @@ import jsonschema
 import pytest
 import yaml
 
-from obs.cli import UsageError
+from obs.errors import UsageError
 from obs.generate import config, register, run, torchserve, writers
-
-REPO = Path(__file__).resolve().parents[1]
-SCHEMAS = Path("/work/shared/schemas")
+from tests.support.paths import REPO, SCHEMAS
 
 
 def _generate(tmp_path: Path, cfg_text: str = "") -> Path:

@@ -14,11 +14,10 @@ import pytest
 import yaml
 
 from obs.generate import config, rules, writers
+from tests.support.paths import REPO, SCHEMAS
 
-REPO = Path(__file__).resolve().parents[1]
 RULES = REPO / writers.RULES_FILE
 TESTS = REPO / "alerts" / "tests"
-SCHEMAS = Path("/work/shared/schemas")
 MAX_GROUP_SIZE = 30
 CAMEL_CASE = re.compile(r"^(?:[A-Z][a-z0-9]*|[A-Z]+(?=[A-Z][a-z]|$))+$")
 

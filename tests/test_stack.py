@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from obs import stack
-from obs.cli import UsageError, build_parser
+from obs.cli import build_parser
+from obs.errors import UsageError
 from obs.signals import DEFAULT_PORTS
 
 COMPOSE = Path(__file__).resolve().parents[1] / "compose"

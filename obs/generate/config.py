@@ -191,9 +191,7 @@ def _validate(cfg: Dict[str, Any]) -> None:
         "dashboards.uid_prefix",
         "must be lowercase letters, digits and dashes, at most 24 characters",
     )
-    _require(
-        all(isinstance(t, str) for t in dash["tags"]), "dashboards.tags", "must be strings"
-    )
+    _require(all(isinstance(t, str) for t in dash["tags"]), "dashboards.tags", "must be strings")
     kube = cfg["kubernetes"]
     for key in ("namespace", "prometheusrule_name", "configmap_name"):
         _require(
@@ -279,7 +277,9 @@ def _alert_override(name: str, override: Any) -> None:
                 "must be a number",
             )
         elif key == "expr":
-            _require(isinstance(value, str) and bool(value.strip()), item, "must be a PromQL string")
+            _require(
+                isinstance(value, str) and bool(value.strip()), item, "must be a PromQL string"
+            )
         else:
             _require(isinstance(value, Mapping), item, "must be a mapping")
             _labels(value, item)
@@ -288,9 +288,7 @@ def _alert_override(name: str, override: Any) -> None:
 def durations_seconds(value: str) -> int:
     """Seconds in a Prometheus duration, to order windows and check test configs."""
     units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
-    return int(
-        sum(int(n) * units[u] for n, u in re.findall(r"(\d+)(ms|s|m|h|d|w|y)", value))
-    )
+    return int(sum(int(n) * units[u] for n, u in re.findall(r"(\d+)(ms|s|m|h|d|w|y)", value)))
 
 
 def all_windows(cfg: Mapping[str, Any]) -> List[str]:

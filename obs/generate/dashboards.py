@@ -20,8 +20,18 @@ DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 
 PANEL_KEYS = frozenset(
     {
-        "datasource", "description", "fieldConfig", "gridPos", "id", "interval", "links",
-        "options", "targets", "title", "transformations", "type",
+        "datasource",
+        "description",
+        "fieldConfig",
+        "gridPos",
+        "id",
+        "interval",
+        "links",
+        "options",
+        "targets",
+        "title",
+        "transformations",
+        "type",
     }
 )
 """Keys kept from grafanalib's panel JSON: current ones (the schema refuses the rest)."""
@@ -91,7 +101,13 @@ def _normalise_panel(raw: Dict[str, Any], panel: PanelSpec) -> Dict[str, Any]:
         out["options"] = {
             "calculate": False,
             "cellGap": 1,
-            "color": {"mode": "scheme", "scheme": "Oranges", "steps": 64, "exponent": 0.5, "fill": "dark-orange"},
+            "color": {
+                "mode": "scheme",
+                "scheme": "Oranges",
+                "steps": 64,
+                "exponent": 0.5,
+                "fill": "dark-orange",
+            },
             "rowsFrame": {"layout": "auto"},
             "yAxis": {"axisPlacement": "left", "unit": panel.unit},
             "tooltip": {"mode": "single", "yHistogram": True},
@@ -110,7 +126,9 @@ def _variables(cfg: Mapping[str, Any], spec: DashboardSpec) -> List[Dict[str, An
     by_instance = q.exp(Metrics.REQUESTS, extra=f'{scope}instance=~"$instance(:[0-9]+)?"')
     by_model = q.exp(Metrics.REQUESTS, extra=f'{scope}{Label.MODEL}=~"$model"')
 
-    def query_var(name: str, label: str, query: str, multi: bool, regex: str = "") -> Dict[str, Any]:
+    def query_var(
+        name: str, label: str, query: str, multi: bool, regex: str = ""
+    ) -> Dict[str, Any]:
         var: Dict[str, Any] = {
             "type": "query",
             "name": name,
@@ -137,7 +155,14 @@ def _variables(cfg: Mapping[str, Any], spec: DashboardSpec) -> List[Dict[str, An
         }
     ]
     if cluster:
-        variables.append(query_var("cluster", cluster, f"label_values(up{{{cfg['exporter_selector']}}}, {cluster})", False))
+        variables.append(
+            query_var(
+                "cluster",
+                cluster,
+                f"label_values(up{{{cfg['exporter_selector']}}}, {cluster})",
+                False,
+            )
+        )
     variables += [
         query_var(
             "instance",
@@ -186,7 +211,9 @@ def render(cfg: Mapping[str, Any], spec: DashboardSpec) -> Dict[str, Any]:
             if x + panel.width > GRID_WIDTH:
                 x, y = 0, y + PANEL_HEIGHT
             grid = G.GridPos(h=PANEL_HEIGHT, w=panel.width, x=x, y=y)
-            raw = json.loads(json.dumps(_grafanalib_panel(panel, grid).to_json_data(), cls=DashboardEncoder))
+            raw = json.loads(
+                json.dumps(_grafanalib_panel(panel, grid).to_json_data(), cls=DashboardEncoder)
+            )
             rendered = _normalise_panel(raw, panel)
             rendered["id"] = len(panels) + 1
             panels.append(rendered)

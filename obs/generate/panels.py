@@ -82,7 +82,10 @@ class _Panels:
             self.timeseries(
                 "Inference requests by outcome",
                 "reqps",
-                Query(q.sum_rate(q.exp(Metrics.REQUESTS), by + (Label.OUTCOME,)), _legend(by + (Label.OUTCOME,))),
+                Query(
+                    q.sum_rate(q.exp(Metrics.REQUESTS), by + (Label.OUTCOME,)),
+                    _legend(by + (Label.OUTCOME,)),
+                ),
                 description="Requests the handler answered, counted per request by the mixin.",
             ),
             self.timeseries(
@@ -134,7 +137,11 @@ class _Panels:
                 (
                     Query(
                         q.sum_rate(
-                            q.exp(Metrics.STAGE_DURATION, "bucket", extra=f'{Label.STAGE}="{Stage.HANDLE}"'),
+                            q.exp(
+                                Metrics.STAGE_DURATION,
+                                "bucket",
+                                extra=f'{Label.STAGE}="{Stage.HANDLE}"',
+                            ),
                             ("le",),
                         ),
                         "{{le}}",
@@ -177,7 +184,13 @@ class _Panels:
                 "Batch size distribution",
                 "heatmap",
                 "short",
-                (Query(q.sum_rate(q.exp(Metrics.BATCH_SIZE, "bucket"), ("le",)), "{{le}}", heatmap=True),),
+                (
+                    Query(
+                        q.sum_rate(q.exp(Metrics.BATCH_SIZE, "bucket"), ("le",)),
+                        "{{le}}",
+                        heatmap=True,
+                    ),
+                ),
             ),
         )
 
@@ -313,8 +326,14 @@ def _host(cfg: Mapping[str, Any]) -> Tuple[PanelSpec, ...]:
             "timeseries",
             "bytes",
             (
-                Query(f"max {q.by(device)} ({q.exp(Metrics.GPU_MEMORY_USED, per_model=False)})", "used {{instance}} {{device}}"),
-                Query(f"max {q.by(device)} ({q.exp(Metrics.GPU_MEMORY_TOTAL, per_model=False)})", "total {{instance}} {{device}}"),
+                Query(
+                    f"max {q.by(device)} ({q.exp(Metrics.GPU_MEMORY_USED, per_model=False)})",
+                    "used {{instance}} {{device}}",
+                ),
+                Query(
+                    f"max {q.by(device)} ({q.exp(Metrics.GPU_MEMORY_TOTAL, per_model=False)})",
+                    "total {{instance}} {{device}}",
+                ),
             ),
             needs=GPU,
         ),
@@ -322,7 +341,12 @@ def _host(cfg: Mapping[str, Any]) -> Tuple[PanelSpec, ...]:
             "GPU utilisation",
             "timeseries",
             "percent",
-            (Query(smoothed(ts.GPU_UTILIZATION, inst + ("DeviceId",)), "{{instance}} GPU {{DeviceId}}"),),
+            (
+                Query(
+                    smoothed(ts.GPU_UTILIZATION, inst + ("DeviceId",)),
+                    "{{instance}} GPU {{DeviceId}}",
+                ),
+            ),
             needs=GPU,
         ),
     )
@@ -373,7 +397,14 @@ def dashboards(cfg: Mapping[str, Any]) -> Tuple[DashboardSpec, ...]:
     overview = _Panels(cfg, (Label.MODEL, Label.VERSION))
     model = _Panels(cfg, (Label.VERSION,))
     q = model.q
-    info_labels = (Label.VERSION, Label.HANDLER, Label.TORCH_VERSION, Label.TORCHSERVE_VERSION, Label.PYTHON_VERSION, "instance")
+    info_labels = (
+        Label.VERSION,
+        Label.HANDLER,
+        Label.TORCH_VERSION,
+        Label.TORCHSERVE_VERSION,
+        Label.PYTHON_VERSION,
+        "instance",
+    )
     return (
         DashboardSpec(
             slug="overview",
@@ -402,14 +433,24 @@ def dashboards(cfg: Mapping[str, Any]) -> Tuple[DashboardSpec, ...]:
                             "Versions serving",
                             "table",
                             "none",
-                            (Query(f"max {q.by(info_labels)} ({q.exp(Metrics.MODEL_INFO)})", instant=True),),
+                            (
+                                Query(
+                                    f"max {q.by(info_labels)} ({q.exp(Metrics.MODEL_INFO)})",
+                                    instant=True,
+                                ),
+                            ),
                             width=16,
                         ),
                         PanelSpec(
                             "Torch version mismatch",
                             "stat",
                             "bool",
-                            (Query(f"max {q.by((Label.VERSION,))} ({q.exp(Metrics.TORCH_VERSION_MISMATCH)})", "{{model_version}}"),),
+                            (
+                                Query(
+                                    f"max {q.by((Label.VERSION,))} ({q.exp(Metrics.TORCH_VERSION_MISMATCH)})",
+                                    "{{model_version}}",
+                                ),
+                            ),
                         ),
                     ),
                 ),

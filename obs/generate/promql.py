@@ -68,7 +68,9 @@ class Queries:
             matchers.append(extra)
         return f"{metric}{{{', '.join(matchers)}}}" if matchers else metric
 
-    def exp(self, spec: MetricSpec, suffix: str = "", per_model: bool = True, extra: str = "") -> str:
+    def exp(
+        self, spec: MetricSpec, suffix: str = "", per_model: bool = True, extra: str = ""
+    ) -> str:
         """Selector of one of our metrics, scraped from the exporter."""
         return self.sel(spec.series(suffix), EXPORTER, per_model, extra)
 
@@ -100,7 +102,7 @@ class Queries:
         A regex on ``__name__`` would fail ("same labelset"); ``label_replace ... or`` does not.
         """
         parts = [
-            f'label_replace({self.rate(self.sel(name, TORCHSERVE, per_model=False), window)}, '
+            f"label_replace({self.rate(self.sel(name, TORCHSERVE, per_model=False), window)}, "
             f'"{STATUS_CLASS}", "{code}", "", "")'
             for code, name in ts.REQUESTS_BY_CLASS.items()
         ]
@@ -133,7 +135,9 @@ class Queries:
             labels,
             window,
         )
-        total = self.sum_rate(self.exp(Metrics.STAGE_DURATION, "count", extra=stage_m), labels, window)
+        total = self.sum_rate(
+            self.exp(Metrics.STAGE_DURATION, "count", extra=stage_m), labels, window
+        )
         return f"1 - (\n  {fast}\n  /\n  {total}\n)"
 
     def mean_ts_latency(self, counter: str, labels: Sequence[str], window: str = "") -> str:

@@ -77,7 +77,9 @@ def recording_rules(cfg: Mapping[str, Any]) -> Dict[str, List[Dict[str, str]]]:
     ]
     slo: List[Dict[str, str]] = []
     for w in all_windows(cfg):
-        slo.append({"record": requests_rate(w), "expr": q.sum_rate(q.exp(Metrics.REQUESTS), q.model_by, w)})
+        slo.append(
+            {"record": requests_rate(w), "expr": q.sum_rate(q.exp(Metrics.REQUESTS), q.model_by, w)}
+        )
         slo.append({"record": server_error_ratio(w), "expr": q.server_error_ratio(q.model_by, w)})
         slo.append(
             {
@@ -133,13 +135,19 @@ def builtin_alerts(cfg: Mapping[str, Any]) -> List[AlertSpec]:
     def burn(kind: str, speed: str) -> AlertSpec:
         fast = speed == "fast"
         if kind == "availability":
-            ratio, objective, what = server_error_ratio, slo["availability"], (
-                f"requests answered without a server error ({availability} objective)"
+            ratio, objective, what = (
+                server_error_ratio,
+                slo["availability"],
+                (f"requests answered without a server error ({availability} objective)"),
             )
         else:
-            ratio, objective, what = slow_ratio, slo["latency"]["objective"], (
-                f"{slo['latency']['stage']} batches faster than {latency_bound} "
-                f"({latency_objective} objective)"
+            ratio, objective, what = (
+                slow_ratio,
+                slo["latency"]["objective"],
+                (
+                    f"{slo['latency']['stage']} batches faster than {latency_bound} "
+                    f"({latency_objective} objective)"
+                ),
             )
         noun = "Error" if kind == "availability" else "Latency"
         return AlertSpec(
@@ -288,7 +296,9 @@ def builtin_alerts(cfg: Mapping[str, Any]) -> List[AlertSpec]:
             threshold=120.0,
             summary="A model takes too long to load in its workers.",
             description=(
-                "Loading " + model + " on {{ $labels.instance }} took {{ $value | humanizeDuration }} "
+                "Loading "
+                + model
+                + " on {{ $labels.instance }} took {{ $value | humanizeDuration }} "
                 f"on average over the last {LOAD_WINDOW}: workers come up slowly after a restart "
                 "or scale-up."
             ),
@@ -424,7 +434,10 @@ def _apply(spec: AlertSpec, override: Mapping[str, Any]) -> Optional[Dict[str, A
         for_=override.get("for", spec.for_),
         threshold=override.get("threshold", spec.threshold),
     )
-    rule: Dict[str, Any] = {"alert": spec.name, "expr": override.get("expr") or spec.expr(spec.threshold)}
+    rule: Dict[str, Any] = {
+        "alert": spec.name,
+        "expr": override.get("expr") or spec.expr(spec.threshold),
+    }
     if spec.for_:
         rule["for"] = spec.for_
     rule["labels"] = {**override.get("labels", {}), "severity": spec.severity}

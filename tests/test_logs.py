@@ -1,0 +1,125 @@
+"""JSON lines: one object per line, shared field names, and Fluentd shipping that never blocks."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+
+from obs import logs
+from obs.context import bind_batch, reset_batch
+from obs.fluent import FluentShipper
+from obs.services import free_port
+from obs.settings import Settings
+from tests.support.forward_receiver import ForwardReceiver
+
+
+def lines(stream: io.StringIO) -> list:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def test_exception_and_newlines_stay_inside_one_line(monkeypatch) -> None:
+    stream = io.StringIO()
+    monkeypatch.setattr(logs, "_emitter", logs.LogEmitter(Settings.from_env({}), stream=stream))
+    log = logs.get_logger("t")
+    try:
+        raise ValueError("bad\nvalue")
+    except ValueError:
+        log.exception("failed", note="line1\nline2")
+    (record,) = lines(stream)
+    assert stream.getvalue().count("\n") == 1
+    assert record["event"] == "failed" and record["level"] == "error" and record["logger"] == "t"
+    assert "Traceback" in record["exception"] and "ValueError: bad\nvalue" in record["exception"]
+    assert record["timestamp"].endswith("Z")
+
+
+def test_stdlib_records_have_the_same_fields_and_batch_context(monkeypatch) -> None:
+    stream = io.StringIO()
+    monkeypatch.setattr(logs, "_emitter", logs.LogEmitter(Settings.from_env({}), stream=stream))
+    (logger,) = logs.route_to_json(["tests.user_code"])
+    token = bind_batch({"model_name": "m", "batch_id": "w1-3"})
+    try:
+        logger.warning("value %s", 42, extra={"rows": 3})
+        try:
+            {}["missing"]
+        except KeyError:
+            logger.exception("oops")
+    finally:
+        reset_batch(token)
+    first, second = lines(stream)
+    assert {
+        k: first[k] for k in ("event", "level", "logger", "model_name", "batch_id", "rows")
+    } == {
+        "event": "value 42",
+        "level": "warning",
+        "logger": "tests.user_code",
+        "model_name": "m",
+        "batch_id": "w1-3",
+        "rows": 3,
+    }
+    assert first["timestamp"].endswith("Z")
+    assert "KeyError" in second["exception"] and second["level"] == "error"
+    assert logger.propagate is False
+    assert not any(isinstance(h, logs.JsonLinesHandler) for h in logging.getLogger().handlers)
+
+
+def test_debug_is_filtered_by_level(monkeypatch) -> None:
+    stream = io.StringIO()
+    monkeypatch.setattr(logs, "_emitter", logs.LogEmitter(Settings.from_env({}), stream=stream))
+    monkeypatch.setenv("TSOBS_LOG_LEVEL", "info")
+    log = logs.get_logger("t")
+    log.debug("hidden")
+    log.info("shown")
+    assert [r["event"] for r in lines(stream)] == ["shown"]
+
+
+def test_shipper_does_not_block_and_counts_every_drop_while_fluentd_is_down() -> None:
+    drops: dict = {}
+
+    def count(reason: str, n: int) -> None:
+        drops[reason] = drops.get(reason, 0) + n
+
+    shipper = FluentShipper(
+        "127.0.0.1", free_port(), "t", queue_size=50, buffer_bytes=2048, on_drop=count
+    )
+    started = time.perf_counter()
+    for i in range(1000):
+        shipper.ship({"request_id": f"r{i}", "padding": "x" * 100})
+    elapsed = time.perf_counter() - started
+    shipper.close()
+    assert elapsed < 2.0  # a blocking sender would wait on every record
+    assert sum(drops.values()) == 1000  # nothing reached Fluentd and every record is counted
+    assert set(drops) <= {"queue_full", "send_failed", "shutdown"}
+
+
+def test_shipper_delivers_records_unchanged() -> None:
+    port = free_port()
+    receiver = ForwardReceiver(port)
+    drops: dict = {}
+    shipper = FluentShipper(
+        "127.0.0.1", port, "torchserve", 100, 1 << 20, lambda r, n: drops.update({r: n})
+    )
+    records = [
+        {"request_id": f"r{i}", "duration_ms": 1.5, "nested": {"a": [1, 2]}} for i in range(30)
+    ]
+    for record in records:
+        shipper.ship(record)
+    shipper.close()
+    deadline = time.monotonic() + 10
+    while len(receiver.snapshot()) < 30 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    receiver.close()
+    assert receiver.snapshot() == records and not drops
+    assert set(receiver.tags) == {"torchserve"}
+
+
+def test_bad_settings_are_refused_with_the_variable_named() -> None:
+    import pytest
+
+    from obs.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="TSOBS_FLUENT_PORT"):
+        Settings.from_env({"TSOBS_FLUENT_PORT": "abc"})
+    with pytest.raises(SettingsError, match="TSOBS_LOG_FIELDS"):
+        Settings.from_env({"TSOBS_LOG_FIELDS": "splunk"})
