@@ -1,0 +1,88 @@
+"""The exporter aggregates workers exactly, survives restarts, and stays on loopback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import urllib.error
+from pathlib import Path
+
+import pytest
+
+from obs.exporter import HEALTH_PATH, MetricsSource, exporter_service
+from obs.services import free_port, http_get, wait_until_http_ok
+from tests.support.traffic import parse_samples, total
+
+WORKER = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from obs.metrics import ModelInstruments, use_multiprocess_dir
+    use_multiprocess_dir(Path(sys.argv[1]), sys.argv[2])
+    metrics = ModelInstruments("m", "1.0")
+    metrics.requests["success"].inc(int(sys.argv[3]))
+    metrics.stage_seconds["handle"].observe(0.02)
+    """
+)
+
+
+def run_worker(directory: Path, identity: str, requests: int) -> None:
+    """A separate process writing metrics, as one TorchServe worker does."""
+    subprocess.run([sys.executable, "-c", WORKER, str(directory), identity, str(requests)], check=True)
+
+
+def requests_total(directory: Path) -> float:
+    return total(parse_samples(MetricsSource(directory).render("")[0].decode()), "tsobs_requests_total")
+
+
+def test_workers_add_up_and_a_restarted_worker_continues(tmp_path: Path) -> None:
+    run_worker(tmp_path, "w9000", 5)
+    run_worker(tmp_path, "w9001", 7)
+    assert requests_total(tmp_path) == 12
+    files = sorted(p.name for p in tmp_path.iterdir())
+    for _ in range(3):  # the worker on port 9000 dies and comes back with a new PID
+        run_worker(tmp_path, "w9000", 1)
+    assert requests_total(tmp_path) == 15
+    assert sorted(p.name for p in tmp_path.iterdir()) == files
+    samples = parse_samples(MetricsSource(tmp_path).render("")[0].decode())
+    assert total(samples, "tsobs_stage_duration_seconds_count", stage="handle") == 5
+    assert total(samples, "tsobs_exporter_metrics_files") == len(files)
+
+
+def test_http_endpoints_on_loopback(tmp_path: Path) -> None:
+    run_worker(tmp_path / "metrics", "w9000", 3)
+    port = free_port()
+    service = exporter_service(tmp_path / "metrics", port, tmp_path / "exporter.out").start()
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_until_http_ok(base + HEALTH_PATH, 30, service.process)
+        assert http_get(base + HEALTH_PATH) == b"OK\n"
+        assert total(parse_samples(http_get(base + "/metrics").decode()), "tsobs_requests_total") == 3
+        openmetrics = http_get(base + "/metrics", headers={"Accept": "application/openmetrics-text"})
+        assert openmetrics.endswith(b"# EOF\n") and openmetrics.count(b"# EOF") == 1
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            http_get(base + "/nothing")
+        assert missing.value.code == 404
+        listening = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True)
+        if listening.returncode == 0:  # the local address column: loopback only
+            assert [line.split()[3] for line in listening.stdout.splitlines()] == [f"127.0.0.1:{port}"]
+    finally:
+        service.stop()
+
+
+def test_a_taken_port_is_a_clear_error(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "obs.cli", "exporter", "--port", str(port), "--metrics-dir", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert result.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and "Traceback" not in result.stderr
