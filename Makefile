@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Python 3.9 is what the official TorchServe 0.12 images run; the py39 check installs there.
 # The tests that need neither TorchServe nor torch, run on 3.9 with what its resolver picked.
 PY39_TESTS := tests/test_context.py tests/test_signals.py tests/test_logs.py tests/test_exporter.py
-PYTHON39 ?= $(shell command -v python3.9 || ls /root/.pyenv/versions/3.9*/bin/python3.9 2>/dev/null | head -n 1)
+PYTHON39 ?= $(firstword $(wildcard /root/.pyenv/versions/3.9*/bin/python3.9 /usr/bin/python3.9 /usr/local/bin/python3.9))
 
 .PHONY: setup demo stack-up stack-down test lint py39 generate bench clean
 

@@ -18,7 +18,7 @@ import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, TypeVar
 
 from obs import logs
-from obs.context import RequestIds, bind_batch, reset_batch
+from obs.context import ID_FIELDS, RequestIds, bind_batch, reset_batch
 from obs.gpu import IntervalSampler, read_cuda_memory
 from obs.metrics import ModelInstruments, ProcessInstruments, use_multiprocess_dir
 from obs.settings import Settings
@@ -29,12 +29,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 _ACTIVE = "_tsobs_active"
 _OBSERVER = "_tsobs_observer"
 _WRAPPED = "_tsobs_wrapped"
-_IDS_FIELDS = {
-    "request_id": Field.REQUEST_ID,
-    "client_request_id": Field.CLIENT_REQUEST_ID,
-    "trace_id": Field.TRACE_ID,
-    "span_id": Field.SPAN_ID,
-}
 _MODEL_CONFIG_KEY = "torchserve_obs"
 """Section of the model's model-config.yaml read by the mixin (``torch_version``)."""
 
@@ -285,9 +279,11 @@ class Observer:
             common[STAGE_FIELDS[stage]] = round(seconds * 1000, 3)
         records = []
         for index, ids in enumerate(batch.ids):
-            record = dict(common)
+            record = common.copy()
             record[Field.BATCH_INDEX] = index
-            ids.add_to(record, _IDS_FIELDS)
+            for name, value in zip(ID_FIELDS, ids):
+                if value is not None:
+                    record[name] = value
             record[Field.OUTCOME] = outcomes[index]
             record[Field.STATUS] = statuses[index]
             records.append(record)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import re
 from contextvars import ContextVar, Token
-from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Dict, Mapping, MutableMapping, Optional, Tuple
+from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple
+
+from obs.signals import Field
 
 MAX_ID_LENGTH = 128
 """Longest client-supplied ID kept in a log line; longer values are cut."""
@@ -27,27 +28,15 @@ _ZERO_SPAN_ID = "0" * 16
 
 def clean_value(value: Any, limit: int = MAX_ID_LENGTH) -> Optional[str]:
     """A header value made safe to log: text, no control characters, at most ``limit`` long."""
-    if value is None:
-        return None
-    if isinstance(value, (bytes, bytearray)):
+    if isinstance(value, str):
+        if len(value) <= limit and value.isprintable():  # the usual case: nothing to clean
+            return value.strip() or None
+    elif isinstance(value, (bytes, bytearray)):
         value = bytes(value[: limit * 4]).decode("utf-8", "replace")
-    elif not isinstance(value, str):
+    else:
         return None
     cleaned = _CONTROL_CHARS.sub("", value[: limit * 4])[:limit].strip()
     return cleaned or None
-
-
-def find_header(headers: Optional[Mapping[str, Any]], name: str) -> Any:
-    """The value of header ``name`` (lower case), whatever case the client sent it in."""
-    if not headers:
-        return None
-    value = headers.get(name)
-    if value is not None:
-        return value
-    for key, candidate in headers.items():
-        if isinstance(key, str) and key.lower() == name:
-            return candidate
-    return None
 
 
 def parse_traceparent(value: Any) -> Optional[Tuple[str, str]]:
@@ -70,8 +59,7 @@ def parse_traceparent(value: Any) -> Optional[Tuple[str, str]]:
     return trace_id, span_id
 
 
-@dataclass(frozen=True)
-class RequestIds:
+class RequestIds(NamedTuple):
     """How one request is known: to TorchServe, to the client and to its tracer."""
 
     request_id: Optional[str]
@@ -81,21 +69,26 @@ class RequestIds:
 
     @classmethod
     def from_headers(cls, request_id: Any, headers: Optional[Mapping[str, Any]]) -> RequestIds:
-        trace = parse_traceparent(find_header(headers, TRACEPARENT_HEADER))
+        """The IDs of one request; header names match whatever case the client sent."""
+        client_request_id = traceparent = None
+        for name, value in (headers or {}).items():
+            if isinstance(name, str):
+                name = name.lower()
+                if name == CLIENT_REQUEST_ID_HEADER:
+                    client_request_id = value
+                elif name == TRACEPARENT_HEADER:
+                    traceparent = value
+        trace = parse_traceparent(traceparent)
         return cls(
-            request_id=clean_value(request_id),
-            client_request_id=clean_value(find_header(headers, CLIENT_REQUEST_ID_HEADER)),
-            trace_id=trace[0] if trace else None,
-            span_id=trace[1] if trace else None,
+            clean_value(request_id),
+            clean_value(client_request_id),
+            trace[0] if trace else None,
+            trace[1] if trace else None,
         )
 
-    def add_to(self, record: MutableMapping[str, Any], fields: Mapping[str, str]) -> None:
-        """Set the IDs that are known into ``record`` under the given field names."""
-        for attribute, field_name in fields.items():
-            value = getattr(self, attribute)
-            if value is not None:
-                record[field_name] = value
 
+ID_FIELDS = (Field.REQUEST_ID, Field.CLIENT_REQUEST_ID, Field.TRACE_ID, Field.SPAN_ID)
+"""Log field of each :class:`RequestIds` member, in member order."""
 
 _NO_BATCH: Mapping[str, Any] = MappingProxyType({})
 _batch_fields: ContextVar[Mapping[str, Any]] = ContextVar("tsobs_batch_fields", default=_NO_BATCH)

@@ -25,8 +25,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
-import yaml
-
 from obs.errors import UsageError
 from obs.exporter import exporter_service
 from obs.services import Service, free_port, stop_process_group, wait_until_http_ok
@@ -183,6 +181,7 @@ def render_grafana_provisioning(
     source: Path, target: Path, prometheus_url: str, dashboards_dir: Path
 ) -> None:
     """Grafana's provisioning folder with the datasource on loopback and the repo's dashboards."""
+    import yaml  # from the torchserve or generate extra: the exporter runs without it
     for path in source.rglob("*.yml"):
         document = yaml.safe_load(path.read_text())
         for datasource in document.get("datasources", []):
@@ -340,6 +339,7 @@ class Stack:
         )
 
     def start_alertmanager(self, binary: str, compose: Path) -> None:
+        import yaml  # from the torchserve or generate extra: the exporter runs without it
         config = render_alertmanager(
             yaml.safe_load((compose / "alertmanager" / "alertmanager.yml").read_text()),
             self.args.webhook_url,
@@ -367,6 +367,7 @@ class Stack:
         )
 
     def start_prometheus(self, binary: str, compose: Path) -> None:
+        import yaml  # from the torchserve or generate extra: the exporter runs without it
         config = render_prometheus(
             yaml.safe_load((compose / "prometheus" / "prometheus.yml").read_text()),
             self.state.ports,
@@ -433,6 +434,7 @@ class Stack:
         return self.state_dir / "logs" / f"{name}.log"
 
     def _write_yaml(self, name: str, document: Mapping[str, Any]) -> Path:
+        import yaml  # from the torchserve or generate extra: the exporter runs without it
         path = (self.state_dir / name).resolve()
         path.write_text(yaml.safe_dump(dict(document), sort_keys=False))
         return path
