@@ -46,6 +46,7 @@ class FluentShipper:
         timeout_s: float = 3.0,
     ) -> None:
         self._on_drop = on_drop
+        self._closed = False
         self._sender = asyncsender.FluentSender(
             tag,
             host=host,
@@ -69,7 +70,10 @@ class FluentShipper:
         self._on_drop(SEND_FAILED, count_packets(pending))
 
     def close(self) -> None:
-        """Flush what Fluentd will take within :data:`CLOSE_TIMEOUT_S`; count the rest."""
+        """Flush what Fluentd will take within :data:`CLOSE_TIMEOUT_S`; count the rest. Once."""
+        if self._closed:
+            return
+        self._closed = True
         closer = threading.Thread(target=self._sender.close, name="tsobs-fluent-close", daemon=True)
         closer.start()
         closer.join(CLOSE_TIMEOUT_S)

@@ -9,8 +9,10 @@ worker stdout for ``[METRICS]`` lines written through it.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -163,7 +165,42 @@ def configure(
         previous, _emitter = _emitter, LogEmitter(settings, stream=stream, shipper=shipper)
     if previous is not None:
         previous.close()
+    if shipper is not None:
+        _flush_at_exit()
     return _emitter
+
+
+def _close_emitter() -> None:
+    if _emitter is not None:
+        _emitter.close()
+
+
+_exit_hooks: List[bool] = []
+
+
+def _flush_at_exit() -> None:
+    """Flush the Fluentd queue when the worker exits or is sent SIGTERM, then exit as before.
+
+    Once per process. A SIGKILLed worker loses what was still queued: nothing can run then.
+    """
+    if _exit_hooks:
+        return
+    _exit_hooks.append(True)
+    atexit.register(_close_emitter)
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        _close_emitter()
+        if callable(previous):
+            previous(signum, frame)
+        elif previous != signal.SIG_IGN:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+    try:
+        signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:  # not the main thread: atexit alone
+        pass
 
 
 def add_timestamp(_logger: Any, _method: str, event: Record) -> Record:

@@ -123,3 +123,36 @@ def test_bad_settings_are_refused_with_the_variable_named() -> None:
         Settings.from_env({"TSOBS_FLUENT_PORT": "abc"})
     with pytest.raises(SettingsError, match="TSOBS_LOG_FIELDS"):
         Settings.from_env({"TSOBS_LOG_FIELDS": "splunk"})
+
+
+SHUTDOWN_WORKER = """
+import os, signal, sys, time
+from pathlib import Path
+from obs import logs
+from obs.metrics import ProcessInstruments, use_multiprocess_dir
+from obs.settings import Settings
+use_multiprocess_dir(Path(sys.argv[1]), "w9000")
+process = ProcessInstruments()
+emitter = logs.configure(Settings.from_env(), on_drop=process.count_dropped, stream=open(os.devnull, "w"))
+emitter.emit([{"event": "request_completed", "n": i} for i in range(40)])
+os.kill(os.getpid(), signal.SIGTERM)
+time.sleep(10)
+"""
+
+
+def test_sigterm_flushes_the_queue_and_counts_what_fluentd_never_got(tmp_path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from obs.exporter import MetricsSource
+    from tests.support.traffic import parse_samples, total
+
+    env = {**os.environ, "TSOBS_FLUENT_HOST": "127.0.0.1", "TSOBS_FLUENT_PORT": str(free_port())}
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", SHUTDOWN_WORKER, str(tmp_path)], env=env, timeout=30)
+    assert result.returncode == -signal.SIGTERM  # it still dies of SIGTERM, as without us
+    assert time.monotonic() - started < 8
+    samples = parse_samples(MetricsSource(tmp_path).render("")[0].decode())
+    assert total(samples, "tsobs_log_records_dropped_total") == 40
