@@ -26,7 +26,8 @@ from obs.signals import STAGE_FIELDS, Field, Outcome, Stage, exception_label
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_ACTIVE = "_tsobs_active"
+_ACTIVE_HANDLE = "_tsobs_in_handle"
+_ACTIVE_INITIALIZE = "_tsobs_in_initialize"
 _OBSERVER = "_tsobs_observer"
 _WRAPPED = "_tsobs_wrapped"
 _MODEL_CONFIG_KEY = "torchserve_obs"
@@ -333,36 +334,22 @@ def _observer(handler: Any, context: Any) -> Optional[Observer]:
 def _observed_initialize(initialize: F) -> F:
     @functools.wraps(initialize)
     def wrapper(self: Any, context: Any, *args: Any, **kwargs: Any) -> Any:
-        if self.__dict__.get(_ACTIVE + "_initialize"):
+        if self.__dict__.get(_ACTIVE_INITIALIZE):
             return initialize(self, context, *args, **kwargs)
         observer = _observer(self, context)
-        self.__dict__[_ACTIVE + "_initialize"] = True
+        self.__dict__[_ACTIVE_INITIALIZE] = True
         started = time.perf_counter()
+        error: Optional[BaseException] = None
         try:
-            result = initialize(self, context, *args, **kwargs)
-        except BaseException as error:
-            if observer is not None:
-                observer.contain(
-                    "initialize",
-                    observer.model_loaded,
-                    self,
-                    context,
-                    time.perf_counter() - started,
-                    error,
-                )
+            return initialize(self, context, *args, **kwargs)
+        except BaseException as raised:
+            error = raised
             raise
         finally:
-            self.__dict__[_ACTIVE + "_initialize"] = False
-        if observer is not None:
-            observer.contain(
-                "initialize",
-                observer.model_loaded,
-                self,
-                context,
-                time.perf_counter() - started,
-                None,
-            )
-        return result
+            self.__dict__[_ACTIVE_INITIALIZE] = False
+            if observer is not None:
+                seconds = time.perf_counter() - started
+                observer.contain("initialize", observer.model_loaded, self, context, seconds, error)
 
     setattr(wrapper, _WRAPPED, True)
     return wrapper  # type: ignore[return-value]
@@ -371,24 +358,25 @@ def _observed_initialize(initialize: F) -> F:
 def _observed_handle(handle: F) -> F:
     @functools.wraps(handle)
     def wrapper(self: Any, data: Any, context: Any, *args: Any, **kwargs: Any) -> Any:
-        if self.__dict__.get(_ACTIVE):
+        if self.__dict__.get(_ACTIVE_HANDLE):
             return handle(self, data, context, *args, **kwargs)
         observer = _observer(self, context)
         if observer is None:
             return handle(self, data, context, *args, **kwargs)
         batch = observer.contain("begin", observer.begin, data, context)
-        self.__dict__[_ACTIVE] = True
+        self.__dict__[_ACTIVE_HANDLE] = True
+        result: Any = None
+        error: Optional[BaseException] = None
         try:
             result = handle(self, data, context, *args, **kwargs)
-        except BaseException as error:
-            self.__dict__[_ACTIVE] = False
-            if batch is not None:
-                observer.contain("finish", observer.finish, batch, context, None, error)
+            return result
+        except BaseException as raised:
+            error = raised
             raise
-        self.__dict__[_ACTIVE] = False
-        if batch is not None:
-            observer.contain("finish", observer.finish, batch, context, result, None)
-        return result
+        finally:
+            self.__dict__[_ACTIVE_HANDLE] = False
+            if batch is not None:
+                observer.contain("finish", observer.finish, batch, context, result, error)
 
     setattr(wrapper, _WRAPPED, True)
     return wrapper  # type: ignore[return-value]

@@ -245,3 +245,24 @@ def test_gpu_memory_is_sampled_on_an_interval_not_per_batch() -> None:
     assert published == [reading]  # 10 s of batches, one reading
     now[0] += 5.1
     assert sampler.maybe_sample() is True and len(published) == 2
+
+
+def test_a_handle_override_calling_super_is_observed_once(unpacked, metrics_dir: Path, capsys) -> None:
+    from handler_mixins.example.tiny_classifier import TinyClassifier
+
+    class Wrapping(ObservabilityMixin, TinyClassifier):
+        def handle(self, data, context):
+            return [{"wrapped": True, **answer} for answer in super().handle(data, context)]
+
+    handler = Wrapping()
+    context = make_context(unpacked[MODEL_NAME], MODEL_NAME, batch_size=8)
+    handler.initialize(context)
+    before = samples(metrics_dir)
+    capsys.readouterr()
+    answers = handler.handle([{"body": [1, 2, 3, 4]}, {"body": [4, 3, 2, 1]}], with_requests(context, [{}, {}]))
+    assert all(a["wrapped"] for a in answers) and len(answers) == 2
+    after = samples(metrics_dir)
+    labels = {"model_name": MODEL_NAME, "outcome": "success"}
+    assert total(after, "tsobs_requests_total", **labels) - total(before, "tsobs_requests_total", **labels) == 2
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [r["batch_index"] for r in lines if r["event"] == "request_completed"] == [0, 1]
