@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Set
 import pytest
 import yaml
 
-from handler_mixins.example.build import MODEL_NAME
+from handler_mixins.example.build import MODEL_NAME, MODEL_VERSION
 from obs.generate import config, dashboards, panels, writers
 from obs.services import Service, free_port, http_get, wait_until_http_ok
 from obs.traffic import json_request, predict
@@ -117,7 +117,7 @@ def test_dashboards_show_data_and_error_alert_fires(
             (
                 spec.title,
                 panel.title,
-                substitute(query.expr, {"model": MODEL_NAME, "version": ".+", "instance": ".+"}),
+                substitute(query.expr, {"model": MODEL_NAME, "version": MODEL_VERSION, "instance": ".+"}),
             )
             for spec in panels.dashboards(cfg)
             for row in spec.rows

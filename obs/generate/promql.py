@@ -19,6 +19,11 @@ RECORDED = "recorded"
 STATUS_CLASS = "code"
 """Label that :func:`Queries.http_responses` adds to tell the ``Requests*XX`` rates apart."""
 
+DEFAULT_VERSION = "default"
+"""``model_version`` of TorchServe's ``ts_*`` counters for a request whose URL names no
+version (``/predictions/m``): the handler's metrics carry the real version instead, so
+dashboard filters keep ``default`` beside the chosen versions, and alerts join on the name."""
+
 RECORD_PREFIX = "model"
 """Aggregation level of recorded per-model series (``model:<metric>:<operation>``)."""
 
@@ -42,6 +47,8 @@ class Queries:
         self.dashboard = dashboard
         self.cluster: Tuple[str, ...] = (cfg["cluster_label"],) if cfg["cluster_label"] else ()
         self.model_by = self.cluster + (Label.MODEL, Label.VERSION)
+        self.model_name_by = self.cluster + (Label.MODEL,)
+        """Joins between TorchServe's counters and ours: see :data:`DEFAULT_VERSION`."""
         self.instance_by = self.cluster + ("instance",)
         self.rate_window = "$__rate_interval" if dashboard else cfg["rate_window"]
 
@@ -63,7 +70,8 @@ class Queries:
                 matchers.append('instance=~"$instance(:[0-9]+)?"')
             if per_model:
                 matchers.append(f'{Label.MODEL}=~"$model"')
-                matchers.append(f'{Label.VERSION}=~"$version"')
+                version = f"$version|{DEFAULT_VERSION}" if source == TORCHSERVE else "$version"
+                matchers.append(f'{Label.VERSION}=~"{version}"')
         if extra:
             matchers.append(extra)
         return f"{metric}{{{', '.join(matchers)}}}" if matchers else metric

@@ -261,13 +261,13 @@ def builtin_alerts(cfg: Mapping[str, Any]) -> List[AlertSpec]:
             for_="5m",
             summary="Requests reach a model but no worker handles them.",
             description=(
-                "TorchServe receives requests for " + model + " but its handler has processed "
-                "none for 5 minutes: no worker is up, or all are stuck."
+                "TorchServe receives requests for model {{ $labels.model_name }} but its "
+                "handler has processed none for 5 minutes: no worker is up, or all are stuck."
             ),
             expr=lambda _t: (
-                f"{q.sum_rate(inference, q.model_by, rw)} > 0\n"
-                f"unless on ({', '.join(q.model_by)})\n"
-                f"{q.sum_rate(q.exp(Metrics.REQUESTS), q.model_by, rw)} > 0"
+                f"{q.sum_rate(inference, q.model_name_by, rw)} > 0\n"
+                f"unless on ({', '.join(q.model_name_by)})\n"
+                f"{q.sum_rate(q.exp(Metrics.REQUESTS), q.model_name_by, rw)} > 0"
             ),
         ),
         AlertSpec(
