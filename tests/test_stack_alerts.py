@@ -23,13 +23,17 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 import pytest
 import yaml
 
+from handler_mixins.example.build import MODEL_NAME
 from obs import stack
 from obs.services import http_get
+from obs.traffic import json_request, predict
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.torchserve]
 
 ALERT = "TorchServeObsExporterDown"
+ERRORS_ALERT = "TorchServeModelErrorRatioHigh"
 FOR = "4s"
+RATE_WINDOW = "15s"
 
 
 class Webhook:
@@ -78,7 +82,14 @@ def _wait_for(what: str, probe: Callable[[], Optional[Any]], timeout: float) -> 
 def rules_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("generated")
     config = out / "obs.yaml"
-    config.write_text(yaml.safe_dump({"alerts": {ALERT: {"for": FOR}}}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "rate_window": RATE_WINDOW,
+                "alerts": {ALERT: {"for": FOR}, ERRORS_ALERT: {"for": FOR}},
+            }
+        )
+    )
     result = _run_cli("generate", "--config", str(config), "--out", str(out))
     assert result.returncode == 0, result.stdout + result.stderr
     rules = yaml.safe_load((out / "alerts" / "torchserve-obs.rules.yml").read_text())
@@ -132,13 +143,27 @@ def _prometheus(state: stack.State, path: str) -> Any:
     return json.loads(http_get(f"http://127.0.0.1:{state.ports['prometheus']}{path}"))["data"]
 
 
-def _alert_state(state: stack.State) -> Optional[str]:
+def _alert_state(state: stack.State, alert: str = ALERT) -> Optional[str]:
     alerts = [
         a
         for a in _prometheus(state, "/api/v1/alerts")["alerts"]
-        if a["labels"]["alertname"] == ALERT
+        if a["labels"]["alertname"] == alert
     ]
     return alerts[0]["state"] if alerts else None
+
+
+def _notification(
+    webhook: Webhook, alert: str, status: str
+) -> Callable[[], Optional[Dict[str, Any]]]:
+    """A probe for the first webhook notification of ``alert`` in ``status``."""
+
+    def find() -> Optional[Dict[str, Any]]:
+        for note in webhook.notifications:
+            if note["status"] == status and note["commonLabels"].get("alertname") == alert:
+                return dict(note)
+        return None
+
+    return find
 
 
 def test_every_target_is_scraped(native_stack: stack.State) -> None:
@@ -176,16 +201,9 @@ def test_a_stopped_exporter_alerts_end_to_end(native_stack: stack.State, webhook
             == "torchserve-obs"
         )
 
-        def notification(status: str) -> Callable[[], Optional[Dict[str, Any]]]:
-            def find() -> Optional[Dict[str, Any]]:
-                for note in webhook.notifications:
-                    if note["status"] == status and note["commonLabels"].get("alertname") == ALERT:
-                        return dict(note)
-                return None
-
-            return find
-
-        note = _wait_for("the firing notification at the webhook", notification("firing"), 30)
+        note = _wait_for(
+            "the firing notification at the webhook", _notification(webhook, ALERT, "firing"), 30
+        )
         labels, annotations = note["alerts"][0]["labels"], note["alerts"][0]["annotations"]
         assert labels["severity"] == "warning" and labels["job"] == "torchserve-obs"
         assert labels["instance"] == f"127.0.0.1:{native_stack.ports['exporter']}"
@@ -196,7 +214,43 @@ def test_a_stopped_exporter_alerts_end_to_end(native_stack: stack.State, webhook
     finally:
         os.kill(exporter, signal.SIGCONT)
 
-    resolved = _wait_for("the resolved notification", notification("resolved"), 60)
+    resolved = _wait_for("the resolved notification", _notification(webhook, ALERT, "resolved"), 60)
     assert resolved["alerts"][0]["labels"]["alertname"] == ALERT
     assert resolved["alerts"][0]["endsAt"] > resolved["alerts"][0]["startsAt"]
     assert _alert_state(native_stack) is None
+
+
+def test_injected_errors_alert_end_to_end_and_clear(
+    native_stack: stack.State, webhook: Webhook
+) -> None:
+    """Failing requests fire the error-ratio alert through to the webhook; healthy ones clear it."""
+    url = f"http://127.0.0.1:{native_stack.ports['inference']}"
+    failing = threading.Event()
+    failing.set()
+    stop = threading.Event()
+
+    def traffic() -> None:
+        while not stop.is_set():
+            body = {"fail": "injected"} if failing.is_set() else [1, 2, 3, 4]
+            predict(url, MODEL_NAME, json_request(body))
+            time.sleep(0.05)
+
+    sender = threading.Thread(target=traffic, daemon=True)
+    sender.start()
+    try:
+        note = _wait_for(
+            "the error-ratio notification", _notification(webhook, ERRORS_ALERT, "firing"), 120
+        )
+        labels = note["alerts"][0]["labels"]
+        assert labels["severity"] == "warning" and labels["model_name"] == MODEL_NAME
+        assert MODEL_NAME in note["alerts"][0]["annotations"]["description"]
+        failing.clear()
+        _wait_for(
+            "the error-ratio alert to resolve",
+            _notification(webhook, ERRORS_ALERT, "resolved"),
+            120,
+        )
+        assert _alert_state(native_stack, ERRORS_ALERT) is None
+    finally:
+        stop.set()
+        sender.join(10)
