@@ -92,8 +92,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _print_logs(model_log: Path) -> None:
     records = json_log_lines(model_log)
-    samples: List[Any] = [r for r in records if r.get("event") == "request_completed"][:2]
-    samples += [r for r in records if r.get("client_request_id") and r.get("trace_id")][:1]
+    completed = [r for r in records if r.get("event") == "request_completed"]
+    samples: List[Any] = [r for r in completed if "client_request_id" not in r][:1]
+    samples += [r for r in completed if "trace_id" in r][:1]
+    samples += [r for r in completed if r.get("outcome") == "client_error"][:1]
     failed = [r for r in records if r.get("event") == "batch_failed"][:1]
     for record in failed:
         record["exception"] = record["exception"][:120] + "..."
