@@ -15,7 +15,7 @@ import itertools
 import os
 import sys
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, TypeVar
+from typing import Any, Callable, Dict, List, Optional, Sequence, TypeVar
 
 from obs import logs
 from obs.context import ID_FIELDS, RequestIds, bind_batch, reset_batch
@@ -98,7 +98,10 @@ class Observer:
         self.max_batch_size = int(properties.get("batch_size") or 1)
         self.metrics = ModelInstruments(self.model, self.version)
         self.handler_name = f"{type(handler).__module__}.{type(handler).__qualname__}"
-        self.gpu_sampler = self._gpu_sampler(handler, properties, settings)
+        self._properties = properties
+        self._settings = settings
+        self.gpu_sampler: Optional[IntervalSampler] = None
+        """Set once the model is loaded: only then does the handler know its device."""
         self._batch_ids = itertools.count(1)
         self.current: Optional[_Batch] = None
         self._log = logs.get_logger(
@@ -106,9 +109,7 @@ class Observer:
         )
         self.wrap_stages(handler)
 
-    def _gpu_sampler(
-        self, handler: Any, properties: Mapping[str, Any], settings: Settings
-    ) -> Optional[IntervalSampler]:
+    def _gpu_sampler(self, handler: Any) -> Optional[IntervalSampler]:
         torch = sys.modules.get("torch")
         device = getattr(handler, "device", None)
         if (
@@ -117,12 +118,14 @@ class Observer:
             or not torch.cuda.is_available()
         ):
             return None
-        index = device.index if device.index is not None else int(properties.get("gpu_id") or 0)
+        index = device.index
+        if index is None:
+            index = int(self._properties.get("gpu_id") or 0)
         label = f"cuda:{index}"
         return IntervalSampler(
             read=lambda: read_cuda_memory(index),
             publish=lambda memory: self.metrics.set_gpu_memory(label, memory),
-            interval_s=settings.gpu_sample_interval_s,
+            interval_s=self._settings.gpu_sample_interval_s,
         )
 
     def contain(self, component: str, func: Callable[..., Any], *args: Any) -> Any:
@@ -164,6 +167,7 @@ class Observer:
             return
         if mismatch:
             self._log.warning("torch_version_mismatch", expected=expected, actual=torch_version)
+        self.gpu_sampler = self._gpu_sampler(handler)
 
     def wrap_stages(self, handler: Any) -> None:
         """Time the stages on the instance, so the most-derived override is what is timed."""

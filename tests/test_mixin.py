@@ -266,3 +266,30 @@ def test_a_handle_override_calling_super_is_observed_once(unpacked, metrics_dir:
     assert total(after, "tsobs_requests_total", **labels) - total(before, "tsobs_requests_total", **labels) == 2
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert [r["batch_index"] for r in lines if r["event"] == "request_completed"] == [0, 1]
+
+
+def test_gpu_memory_wiring_with_a_substituted_reader(services, metrics_dir: Path, monkeypatch) -> None:
+    """No GPU here: the CPU worker gets no sampler; a CUDA one publishes per-worker gauges.
+
+    The torch reads themselves (``obs.gpu.read_cuda_memory``) are replaced by fixed figures:
+    what is checked is the device detection and the path to the exported series.
+    """
+    import torch
+
+    import handler_mixins.observability as observability
+
+    handler = services[MODEL_NAME]._entry_point.__self__
+    observer: Observer = handler.__dict__["_tsobs_observer"]
+    assert observer.gpu_sampler is None  # loaded on CPU
+
+    figures = GpuMemory(allocated=1 << 20, reserved=2 << 20, peak=3 << 20, used=5 << 20, total=8 << 20)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(observability, "read_cuda_memory", lambda index: figures)
+    monkeypatch.setattr(handler, "device", torch.device("cuda", 1), raising=False)
+    sampler = observer._gpu_sampler(handler)
+    assert sampler is not None and sampler.maybe_sample()
+    exported = samples(metrics_dir)
+    worker = {"model_name": MODEL_NAME, "device": "cuda:1", "pid": observer.worker}
+    assert total(exported, "tsobs_gpu_memory_allocated_bytes", **worker) == 1 << 20
+    assert total(exported, "tsobs_gpu_memory_peak_bytes", **worker) == 3 << 20
+    assert total(exported, "tsobs_gpu_memory_total_bytes", device="cuda:1") == 8 << 20
