@@ -151,6 +151,11 @@ def configure(
     must be created in the process that uses it.
     """
     global _emitter
+    if stream is None and settings.log_file is not None:
+        settings.log_file.parent.mkdir(parents=True, exist_ok=True)
+        # Append mode: each batch is one write(), so workers sharing the file never
+        # interleave inside a line.
+        stream = open(settings.log_file, "a", encoding="utf-8")  # open for the process lifetime
     shipper = None
     if settings.fluent_host:
         shipper = FluentShipper(

@@ -36,6 +36,9 @@ class Settings:
     log_fields: str = "otel"
     """``otel`` (flat snake_case names) or ``ecs`` (Elastic Common Schema names)."""
     log_level: str = "info"
+    log_file: Optional[Path] = None
+    """Append JSON lines to this file instead of stdout. TorchServe's frontend re-logs every
+    stdout line through log4j, which costs throughput; a file also suits a log shipper."""
     fluent_host: Optional[str] = None
     """Fluentd forward endpoint; shipping is off while unset."""
     fluent_port: int = 24224
@@ -63,6 +66,7 @@ class Settings:
             metrics_dir=metrics_dir_from_env(env),
             log_fields=log_fields,
             log_level=log_level,
+            log_file=Path(env["TSOBS_LOG_FILE"]) if env.get("TSOBS_LOG_FILE") else None,
             fluent_host=env.get("TSOBS_FLUENT_HOST") or None,
             fluent_port=_int(env, "TSOBS_FLUENT_PORT", 24224, 1, 65535),
             fluent_tag=env.get("TSOBS_FLUENT_TAG", "torchserve"),

@@ -1,6 +1,14 @@
-"""Shipping to Fluentd: never slows or fails a request; every lost record is counted."""
+"""Shipping to Fluentd: never slows or fails a request; every lost record is counted.
+
+This TorchServe also writes the JSON lines to a file of their own (``TSOBS_LOG_FILE``)
+rather than stdout, so the same run checks that sink.
+"""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, List
 
 import pytest
 
@@ -11,12 +19,19 @@ from tests.conftest import start_exporter, start_torchserve
 from tests.support.forward_receiver import ForwardReceiver
 from tests.support.traffic import completions, scrape, total, wait_for
 
+
+def json_lines(path: Path) -> List[Dict[str, Any]]:
+    """Every line of a JSON-lines file, each of which must be one whole object."""
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
 pytestmark = pytest.mark.torchserve
 BUFFER_BYTES = 4096
 
 
 def test_fluentd_down_then_up(tmp_path, model_store) -> None:
     fluent_port = free_port()  # nothing listens here until the receiver starts
+    log_file = tmp_path / "jsonl" / "tsobs.jsonl"
     server = start_torchserve(
         tmp_path / "ts",
         model_store,
@@ -25,6 +40,7 @@ def test_fluentd_down_then_up(tmp_path, model_store) -> None:
         TSOBS_FLUENT_HOST="127.0.0.1",
         TSOBS_FLUENT_PORT=str(fluent_port),
         TSOBS_FLUENT_BUFFER_BYTES=str(BUFFER_BYTES),
+        TSOBS_LOG_FILE=str(log_file),
     )
     exporter = start_exporter(tmp_path, tmp_path / "ts" / "metrics")
     receiver = None
@@ -42,8 +58,8 @@ def test_fluentd_down_then_up(tmp_path, model_store) -> None:
         emitted = len(
             wait_for(
                 lambda: (
-                    len(completions(json_log_lines(server.model_log), MODEL_NAME)) >= 150
-                    and json_log_lines(server.model_log)
+                    len(completions(json_lines(log_file), MODEL_NAME)) >= 150
+                    and json_lines(log_file)
                 ),
                 what="all completion lines",
             )
@@ -72,12 +88,13 @@ def test_fluentd_down_then_up(tmp_path, model_store) -> None:
             return got if len(got) == len(wanted) else {}
 
         received = wait_for(shipped, what="the records to reach the test receiver")
-        logged = {
-            r["request_id"]: r for r in completions(json_log_lines(server.model_log), MODEL_NAME)
-        }
+        logged = {r["request_id"]: r for r in completions(json_lines(log_file), MODEL_NAME)}
         for request_id, record in received.items():
             assert record == logged[request_id]
         assert set(receiver.tags) == {"torchserve"}
+        # The file took every line, the frontend's model log none of them.
+        assert len(completions(json_lines(log_file), MODEL_NAME)) == 170
+        assert not completions(json_log_lines(server.model_log), MODEL_NAME)
     finally:
         if receiver is not None:
             receiver.close()
