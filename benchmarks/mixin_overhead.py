@@ -3,9 +3,10 @@
 In-process, the example handler runs with and without the mixin through TorchServe's own
 Python backend (``ts.service.Service.predict``), with multi-process metrics files and JSON
 lines written to a file, as in production; calls alternate so both see the same machine.
-End to end, one TorchServe serves both variants and each is driven in alternating rounds,
-once with the JSON lines on stdout (the default: TorchServe's frontend re-logs every line)
-and once with them in a file of their own (``TSOBS_LOG_FILE``). Prints one JSON object.
+End to end, each variant runs in a TorchServe of its own and they are driven in rotating
+rounds: the plain handler, the mixin with its JSON lines on stdout (the default: TorchServe's
+frontend re-logs every line), and the mixin writing them to a file (``TSOBS_LOG_FILE``).
+Prints one JSON object.
 
     python benchmarks/mixin_overhead.py [--quick]
 """
@@ -80,48 +81,92 @@ def in_process(batch_sizes: List[int], calls: int, scratch: Path) -> Dict[str, D
     return results
 
 
-def end_to_end(requests: int, rounds: int, scratch: Path, **env: str) -> Dict[str, Any]:
+def tree_cpu_seconds(root: int) -> float:
+    """CPU time (user + system) of a process and all its descendants, from /proc."""
+    from obs.services import child_pids
+
+    ticks = os.sysconf("SC_CLK_TCK")
+    total, pending = 0.0, [root]
+    while pending:
+        pid = pending.pop()
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+        pending.extend(child_pids(pid))
+    return total
+
+
+def end_to_end(requests: int, rounds: int, scratch: Path) -> Dict[str, Any]:
+    """Wall-clock throughput and the servers' CPU per request, plain vs mixin.
+
+    Each variant runs in a TorchServe of its own (one worker), so the CPU the frontend
+    spends re-logging worker lines counts against the variant that prints them. On a
+    saturated machine throughput is the inverse of CPU per request, and the CPU figure is
+    far less noisy than wall-clock rounds on two shared cores.
+    """
     from handler_mixins.example.build import MODEL_NAME, PLAIN_MODEL_NAME, build_archives
     from obs.torchserve import TorchServe, TorchServePorts
     from obs.traffic import json_request, send_all
 
     store = scratch / "e2e-store"
     build_archives(store, workers=1, batch_size=8, max_batch_delay_ms=5)
-    server = TorchServe(
-        scratch / "ts",
-        store,
-        TorchServePorts.free(9700),
-        load_models=f"{MODEL_NAME}={MODEL_NAME}.mar,{PLAIN_MODEL_NAME}={PLAIN_MODEL_NAME}.mar",
-        env={"PROMETHEUS_MULTIPROC_DIR": str(scratch / "e2e-metrics"), **env},
-    )
-    server.start()
+    variants = {
+        "plain": (PLAIN_MODEL_NAME, {}),
+        "json_lines_on_stdout": (MODEL_NAME, {}),
+        "json_lines_to_file": (MODEL_NAME, {"TSOBS_LOG_FILE": str(scratch / "tsobs.jsonl")}),
+    }
+    servers = {}
     try:
-        server.wait_ready([MODEL_NAME, PLAIN_MODEL_NAME], workers=1)
+        for index, (variant, (model, env)) in enumerate(variants.items()):
+            servers[variant] = TorchServe(
+                scratch / variant,
+                store,
+                TorchServePorts.free(9700 + 10 * index),
+                load_models=f"{model}={model}.mar",
+                env={"PROMETHEUS_MULTIPROC_DIR": str(scratch / variant / "metrics"), **env},
+            ).start()
+        for variant, (model, _env) in variants.items():
+            servers[variant].wait_ready([model], workers=1)
         traffic = [json_request([0.1, 0.2, 0.3, i % 7]) for i in range(requests)]
-        send_all(server.ports.inference_url, MODEL_NAME, traffic[:200])  # warm up
-        send_all(server.ports.inference_url, PLAIN_MODEL_NAME, traffic[:200])
-        rates: Dict[str, List[float]] = {MODEL_NAME: [], PLAIN_MODEL_NAME: []}
-        for round_ in range(rounds):
-            order = (MODEL_NAME, PLAIN_MODEL_NAME) if round_ % 2 else (PLAIN_MODEL_NAME, MODEL_NAME)
-            for name in order:
-                started = time.perf_counter()
-                answers = send_all(server.ports.inference_url, name, traffic, concurrency=16)
+        rates: Dict[str, List[float]] = {variant: [] for variant in variants}
+        cpu: Dict[str, float] = {variant: 0.0 for variant in variants}
+        for round_ in range(rounds + 1):  # round 0 warms up
+            order = list(variants)[round_ % 3 :] + list(variants)[: round_ % 3]
+            for variant in order:
+                server, model = servers[variant], variants[variant][0]
+                cpu_before, started = tree_cpu_seconds(server.service.pid), time.perf_counter()
+                answers = send_all(server.ports.inference_url, model, traffic, concurrency=16)
                 elapsed = time.perf_counter() - started
                 assert all(a.status == 200 for a in answers)
-                rates[name].append(requests / elapsed)
+                if round_:
+                    rates[variant].append(requests / elapsed)
+                    cpu[variant] += tree_cpu_seconds(server.service.pid) - cpu_before
     finally:
-        server.stop()
-    # Each round pairs the two variants back to back: the median of the per-round ratios
-    # resists the machine's drift better than a ratio of overall means.
-    ratios = sorted(m / p for m, p in zip(rates[MODEL_NAME], rates[PLAIN_MODEL_NAME]))
-    return {
-        "plain_requests_per_s": round(statistics.median(rates[PLAIN_MODEL_NAME]), 1),
-        "mixin_requests_per_s": round(statistics.median(rates[MODEL_NAME]), 1),
-        "throughput_ratio": round(statistics.median(ratios), 3),
-        "throughput_ratio_range": [round(ratios[0], 3), round(ratios[-1], 3)],
+        for server in servers.values():
+            server.stop()
+    measured = rounds * requests
+    report: Dict[str, Any] = {
         "rounds": rounds,
         "requests_per_round": requests,
+        "plain": {
+            "requests_per_s": round(statistics.median(rates["plain"]), 1),
+            "server_cpu_us_per_request": round(cpu["plain"] / measured * 1e6, 1),
+        },
     }
+    for variant in ("json_lines_on_stdout", "json_lines_to_file"):
+        # Rounds pair the variants back to back: the median of per-round ratios resists the
+        # machine's drift better than a ratio of overall means.
+        ratios = sorted(m / p for m, p in zip(rates[variant], rates["plain"]))
+        report[variant] = {
+            "requests_per_s": round(statistics.median(rates[variant]), 1),
+            "server_cpu_us_per_request": round(cpu[variant] / measured * 1e6, 1),
+            "throughput_ratio_wall_clock": round(statistics.median(ratios), 3),
+            "throughput_ratio_wall_clock_range": [round(ratios[0], 3), round(ratios[-1], 3)],
+            "throughput_ratio_cpu_bound": round(cpu["plain"] / cpu[variant], 3),
+        }
+    return report
 
 
 def main() -> None:
@@ -130,16 +175,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         per_request = in_process([1, 8, 32], 300 if args.quick else 2000, Path(scratch))
-        rounds = 4 if args.quick else 16
-        e2e = {
-            "json_lines_on_stdout": end_to_end(500, rounds, Path(scratch) / "stdout"),
-            "json_lines_to_file": end_to_end(
-                500,
-                rounds,
-                Path(scratch) / "file",
-                TSOBS_LOG_FILE=str(Path(scratch) / "tsobs.jsonl"),
-            ),
-        }
+        e2e = end_to_end(400, 3 if args.quick else 30, Path(scratch))
     report = {
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
         "in_process": per_request,
@@ -152,8 +188,9 @@ def main() -> None:
         "met": {
             "batch_1": per_request["1"]["mixin_cost_us_per_request"] <= TARGETS_US[1],
             "batch_32": per_request["32"]["mixin_cost_us_per_request"] <= TARGETS_US[32],
-            "throughput_ratio": {
-                sink: result["throughput_ratio"] >= TARGET_RATIO for sink, result in e2e.items()
+            "throughput_ratio_cpu_bound": {
+                sink: e2e[sink]["throughput_ratio_cpu_bound"] >= TARGET_RATIO
+                for sink in ("json_lines_on_stdout", "json_lines_to_file")
             },
         },
     }
