@@ -134,7 +134,8 @@ def test_outputs_counts_and_completion_lines(torchserve, exporter) -> None:
 
 
 def _worker_died(response: Response) -> bool:
-    return response.status == 507 and b"Worker died" in response.body
+    """TorchServe's answer for a request lost with its worker: 500 or 507, seen both ways."""
+    return response.status in (500, 507) and b"Worker died." in response.body
 
 
 def test_worker_kill_keeps_counters_and_bounds_the_metrics_directory(torchserve, exporter) -> None:
@@ -159,7 +160,10 @@ def test_worker_kill_keeps_counters_and_bounds_the_metrics_directory(torchserve,
             os.kill(killed, signal.SIGKILL)  # both workers are inside inference now
             responses = [first.result(60), second.result(60), *rest.result(120)]
         sent += responses
-        assert any(_worker_died(r) for r in responses), "the kill did not hit a request in flight"
+        assert any(_worker_died(r) for r in responses), (
+            "the kill did not hit a request in flight: "
+            f"{Counter((r.status, r.body[:120]) for r in responses)}"
+        )
         wait_for(
             lambda killed=killed: (
                 torchserve.ready_workers(MODEL_NAME) == 2
