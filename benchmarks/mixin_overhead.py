@@ -126,6 +126,8 @@ def end_to_end(requests: int, rounds: int, scratch: Path) -> Dict[str, Any]:
                 TorchServePorts.free(9700 + 10 * index),
                 load_models=f"{model}={model}.mar",
                 env={"PROMETHEUS_MULTIPROC_DIR": str(scratch / variant / "metrics"), **env},
+                # The host metrics collector is a fresh process every minute: CPU noise.
+                extra_config={"disable_system_metrics": "true"},
             ).start()
         for variant, (model, _env) in variants.items():
             servers[variant].wait_ready([model], workers=1)
