@@ -14,10 +14,11 @@ import functools
 import itertools
 import os
 import sys
+import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, TypeVar
 
-from obs import logs
+from obs import heartbeat, logs
 from obs.context import ID_FIELDS, RequestIds, bind_batch, reset_batch
 from obs.gpu import IntervalSampler, read_cuda_memory
 from obs.metrics import ModelInstruments, ProcessInstruments, use_multiprocess_dir
@@ -101,6 +102,7 @@ class Observer:
         self._properties = properties
         self._settings = settings
         self.gpu_sampler: Optional[IntervalSampler] = None
+        self._heartbeat: Optional[threading.Thread] = None
         """Set once the model is loaded: only then does the handler know its device."""
         self._batch_ids = itertools.count(1)
         self.current: Optional[_Batch] = None
@@ -168,6 +170,10 @@ class Observer:
         if mismatch:
             self._log.warning("torch_version_mismatch", expected=expected, actual=torch_version)
         self.gpu_sampler = self._gpu_sampler(handler)
+        if self._heartbeat is None:
+            self._heartbeat = heartbeat.start(
+                self._settings.metrics_dir, self.worker, self.model, self.version
+            )
 
     def wrap_stages(self, handler: Any) -> None:
         """Time the stages on the instance, so the most-derived override is what is timed."""

@@ -11,20 +11,44 @@ import argparse
 import os
 import sys
 import time
+from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterator, Tuple
+from typing import Any, Iterable, Iterator, List, Mapping, Tuple
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from obs import heartbeat
 from obs.services import Service
 from obs.settings import metrics_dir_from_env
 from obs.signals import DEFAULT_PORTS, Metrics
 
 HEALTH_PATH = "/-/healthy"
+
+
+class WorkerFiles:
+    """prometheus_client's multiprocess aggregation over the files worth reading.
+
+    Counters and histograms come from every file, dead workers' included, so totals never
+    drop; gauges only from workers with a recent heartbeat (see :mod:`obs.heartbeat`).
+    """
+
+    def __init__(self, directory: Path, live: Mapping[str, Tuple[str, str]]) -> None:
+        self.directory = directory
+        self.live = live
+
+    def files(self) -> List[str]:
+        return [
+            str(path)
+            for path in sorted(self.directory.glob("*.db"))
+            if not path.name.startswith("gauge_") or path.stem.rsplit("_", 1)[-1] in self.live
+        ]
+
+    def collect(self) -> Iterable[Metric]:
+        return MultiProcessCollector.merge(self.files(), accumulate=True)
 
 
 class MetricsSource:
@@ -33,6 +57,7 @@ class MetricsSource:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._last_scrape_seconds = 0.0
+        self._live: Mapping[str, Tuple[str, str]] = {}
         self._own = CollectorRegistry()
         self._own.register(self)
 
@@ -44,6 +69,12 @@ class MetricsSource:
         )
         duration = Metrics.EXPORTER_SCRAPE_DURATION
         yield GaugeMetricFamily(duration.name, duration.help, value=self._last_scrape_seconds)
+        workers = GaugeMetricFamily(
+            Metrics.WORKERS.name, Metrics.WORKERS.help, labels=Metrics.WORKERS.labels
+        )
+        for labels, count in sorted(Counter(self._live.values()).items()):
+            workers.add_metric(labels, count)
+        yield workers
 
     def healthy(self) -> bool:
         return self.directory.is_dir() and os.access(self.directory, os.R_OK)
@@ -51,8 +82,9 @@ class MetricsSource:
     def render(self, accept: str) -> Tuple[bytes, str]:
         encoder, content_type = choose_encoder(accept)
         started = time.perf_counter()
+        self._live = heartbeat.live_workers(self.directory)
         workers = CollectorRegistry()
-        MultiProcessCollector(workers, path=str(self.directory))
+        workers.register(WorkerFiles(self.directory, self._live))
         body = encoder(workers)
         self._last_scrape_seconds = time.perf_counter() - started
         own = encoder(self._own)

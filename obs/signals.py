@@ -127,7 +127,9 @@ class MetricSpec:
     """Base unit (``seconds``, ``bytes``, ``ratio``) or empty for plain counts."""
     buckets: Tuple[float, ...] = ()
     multiprocess_mode: str = ""
-    """Gauges only: how prometheus_client aggregates the per-worker files."""
+    """Gauges written by workers: how prometheus_client aggregates the per-worker files."""
+    by_exporter: bool = False
+    """Computed by the exporter at scrape time rather than written by the workers."""
 
     def series(self, suffix: str = "") -> str:
         """Name of one exposed series, e.g. ``series("bucket")`` of a histogram."""
@@ -254,12 +256,19 @@ class Metrics:
         "Failures inside torchserve-obs itself, contained so the request is unaffected.",
         (Label.COMPONENT,),
     )
+    WORKERS = MetricSpec(
+        f"{PREFIX}workers",
+        "gauge",
+        "Worker processes alive (heartbeat within the last 45 s), counted by the exporter.",
+        by_exporter=True,
+    )
     EXPORTER_METRICS_FILES = MetricSpec(
         f"{PREFIX}exporter_metrics_files",
         "gauge",
         "Files in the multi-process metrics directory: one set per worker port, so a steady "
         "value means restarts do not grow it.",
         (),
+        by_exporter=True,
     )
     EXPORTER_SCRAPE_DURATION = MetricSpec(
         f"{PREFIX}exporter_scrape_duration_seconds",
@@ -267,6 +276,7 @@ class Metrics:
         "Time the exporter took to aggregate the worker files for the previous scrape.",
         (),
         unit="seconds",
+        by_exporter=True,
     )
 
 

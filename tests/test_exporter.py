@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 import urllib.error
 from pathlib import Path
 
 import pytest
 
+from obs import heartbeat
 from obs.exporter import HEALTH_PATH, MetricsSource, exporter_service
 from obs.services import free_port, http_get, wait_until_http_ok
 from tests.support.traffic import parse_samples, total
@@ -21,20 +24,28 @@ WORKER = textwrap.dedent(
     from pathlib import Path
     from obs.metrics import ModelInstruments, use_multiprocess_dir
     use_multiprocess_dir(Path(sys.argv[1]), sys.argv[2])
-    metrics = ModelInstruments("m", "1.0")
+    version = sys.argv[4] if len(sys.argv) > 4 else "1.0"
+    metrics = ModelInstruments("m", version)
     metrics.requests["success"].inc(int(sys.argv[3]))
     metrics.stage_seconds["handle"].observe(0.02)
+    metrics.set_info("h.H", "2.13.0", "0.12.0", "3.11.7")
+    if len(sys.argv) > 4:  # a worker that loaded its model announces itself
+        from obs import heartbeat
+        heartbeat.start(Path(sys.argv[1]), sys.argv[2], "m", version)
     """
 )
 
 
-def run_worker(directory: Path, identity: str, requests: int) -> None:
+def run_worker(directory: Path, identity: str, requests: int, version: str = "") -> None:
     """A separate process writing metrics, as one TorchServe worker does."""
-    subprocess.run([sys.executable, "-c", WORKER, str(directory), identity, str(requests)], check=True)
+    argv = [sys.executable, "-c", WORKER, str(directory), identity, str(requests)]
+    subprocess.run(argv + ([version] if version else []), check=True)
 
 
 def requests_total(directory: Path) -> float:
-    return total(parse_samples(MetricsSource(directory).render("")[0].decode()), "tsobs_requests_total")
+    return total(
+        parse_samples(MetricsSource(directory).render("")[0].decode()), "tsobs_requests_total"
+    )
 
 
 def test_workers_add_up_and_a_restarted_worker_continues(tmp_path: Path) -> None:
@@ -70,8 +81,12 @@ def test_http_endpoints_on_loopback(tmp_path: Path) -> None:
         base = f"http://127.0.0.1:{port}"
         wait_until_http_ok(base + HEALTH_PATH, 30, service.process)
         assert http_get(base + HEALTH_PATH) == b"OK\n"
-        assert total(parse_samples(http_get(base + "/metrics").decode()), "tsobs_requests_total") == 3
-        openmetrics = http_get(base + "/metrics", headers={"Accept": "application/openmetrics-text"})
+        assert (
+            total(parse_samples(http_get(base + "/metrics").decode()), "tsobs_requests_total") == 3
+        )
+        openmetrics = http_get(
+            base + "/metrics", headers={"Accept": "application/openmetrics-text"}
+        )
         assert openmetrics.endswith(b"# EOF\n") and openmetrics.count(b"# EOF") == 1
         with pytest.raises(urllib.error.HTTPError) as missing:
             http_get(base + "/nothing")
@@ -87,10 +102,38 @@ def test_a_taken_port_is_a_clear_error(tmp_path: Path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         result = subprocess.run(
-            [sys.executable, "-m", "obs.cli", "exporter", "--port", str(port), "--metrics-dir", str(tmp_path)],
+            [
+                sys.executable,
+                "-m",
+                "obs.cli",
+                "exporter",
+                "--port",
+                str(port),
+                "--metrics-dir",
+                str(tmp_path),
+            ],
             capture_output=True,
             text=True,
             timeout=30,
         )
     assert result.returncode == 2
-    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and "Traceback" not in result.stderr
+    assert (
+        f"cannot listen on 127.0.0.1:{port}" in result.stderr and "Traceback" not in result.stderr
+    )
+
+
+def test_gauges_of_dead_workers_drop_out_and_live_workers_are_counted(tmp_path: Path) -> None:
+    run_worker(tmp_path, "w9000", 2, version="1.0")  # retired after a rollout
+    run_worker(tmp_path, "w9002", 3, version="2.0")
+    run_worker(tmp_path, "w9003", 4, version="2.0")
+    stale = time.time() - heartbeat.TTL_S - 5
+    os.utime(heartbeat.heartbeat_path(tmp_path, "w9000"), (stale, stale))
+
+    samples = parse_samples(MetricsSource(tmp_path).render("")[0].decode())
+    info_versions = {
+        dict(labels)["model_version"] for (name, labels) in samples if name == "tsobs_model_info"
+    }
+    assert info_versions == {"2.0"}
+    assert total(samples, "tsobs_workers", model_name="m", model_version="2.0") == 2
+    assert total(samples, "tsobs_workers", model_version="1.0") == 0
+    assert total(samples, "tsobs_requests_total") == 9  # counters keep the retired worker's

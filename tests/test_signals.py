@@ -40,8 +40,10 @@ def test_names_follow_prometheus_conventions() -> None:
             assert spec.name.endswith(f"_{spec.unit}"), spec.name
         if spec.kind == "histogram":
             assert list(spec.buckets) == sorted(spec.buckets) and spec.buckets
-        if spec.kind == "gauge":
-            assert spec.multiprocess_mode or spec.name.startswith(f"{PREFIX}exporter_")
+        if spec.kind == "gauge" and not spec.by_exporter:
+            assert spec.multiprocess_mode, spec.name
+        if spec.by_exporter:
+            assert spec.kind == "gauge" and not spec.multiprocess_mode
 
 
 def test_no_label_takes_client_supplied_values() -> None:

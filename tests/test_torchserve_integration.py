@@ -191,4 +191,6 @@ def test_worker_kill_keeps_counters_and_bounds_the_metrics_directory(torchserve,
         == 2
     )
     assert sorted(os.listdir(metrics_dir)) == files_before
-    assert total(end, "tsobs_exporter_metrics_files") == len(files_before)
+    assert total(end, "tsobs_workers", model_name=MODEL_NAME) == 2
+    metric_files = [name for name in files_before if name.endswith(".db")]
+    assert total(end, "tsobs_exporter_metrics_files") == len(metric_files)

@@ -207,9 +207,10 @@ class _Panels:
                 description="Starts of worker processes; after the initial load, each one is a restart.",
             ),
             self.timeseries(
-                "Workers started since TorchServe start",
+                "Live workers",
                 "short",
-                Query(f"sum {q.by(by)} ({q.exp(Metrics.WORKER_STARTS)})", _legend(by)),
+                Query(f"sum {q.by(by)} ({q.exp(Metrics.WORKERS)})", _legend(by)),
+                description="Workers whose heartbeat the exporter saw in the last 45 s.",
             ),
             self.timeseries(
                 "Model loads by outcome",
