@@ -83,14 +83,6 @@ class LogEmitter:
         self._shipper = shipper
         self._lock = threading.Lock()
 
-    @property
-    def shipper(self) -> Optional[FluentShipper]:
-        return self._shipper
-
-    def field_name(self, name: str) -> str:
-        """The name a field is written under with the configured naming."""
-        return self._rename.get(name, name) if self._rename else name
-
     def emit(self, records: Sequence[Mapping[str, Any]]) -> None:
         if self._rename:
             rename = self._rename
