@@ -200,6 +200,15 @@ def _flush_at_exit() -> None:
         pass
 
 
+def limit_exception(_logger: Any, _method: str, event: Record) -> Record:
+    """Keep a traceback's last :data:`MAX_TRACEBACK_LENGTH` characters: the innermost frames
+    and the message, which a huge exception text must not push into an unbounded line."""
+    text = event.get(Field.EXCEPTION)
+    if isinstance(text, str) and len(text) > MAX_TRACEBACK_LENGTH:
+        event[Field.EXCEPTION] = "[truncated]..." + text[-MAX_TRACEBACK_LENGTH:]
+    return event
+
+
 def add_timestamp(_logger: Any, _method: str, event: Record) -> Record:
     event[Field.TIMESTAMP] = iso_timestamp()
     return event
@@ -237,6 +246,7 @@ def get_logger(name: str = LOGGER_NAME, **initial_fields: Any) -> Any:
             add_batch_context,
             add_timestamp,
             structlog.processors.format_exc_info,
+            limit_exception,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
     ).bind(**{Field.LOGGER: name, **initial_fields})
@@ -264,7 +274,7 @@ class StdlibJsonFormatter(JsonFormatter):
 
     def process_log_record(self, log_record: Record) -> Record:
         log_record[Field.LEVEL] = str(log_record.get(Field.LEVEL, "")).lower()
-        return add_batch_context(None, "", log_record)
+        return limit_exception(None, "", add_batch_context(None, "", log_record))
 
     def jsonify_log_record(self, log_record: Record) -> str:
         return render(log_record).decode()

@@ -43,10 +43,6 @@ class TorchServePorts:
     def management_url(self) -> str:
         return f"http://{LOOPBACK}:{self.management}"
 
-    @property
-    def metrics_url(self) -> str:
-        return f"http://{LOOPBACK}:{self.metrics}/metrics"
-
 
 def config_properties(
     ports: TorchServePorts,

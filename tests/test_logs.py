@@ -156,3 +156,17 @@ def test_sigterm_flushes_the_queue_and_counts_what_fluentd_never_got(tmp_path) -
     assert time.monotonic() - started < 8
     samples = parse_samples(MetricsSource(tmp_path).render("")[0].decode())
     assert total(samples, "tsobs_log_records_dropped_total") == 40
+
+
+def test_huge_exceptions_are_cut_to_a_bounded_line(monkeypatch) -> None:
+    stream = io.StringIO()
+    monkeypatch.setattr(logs, "_emitter", logs.LogEmitter(Settings.from_env({}), stream=stream))
+    (stdlib_logger,) = logs.route_to_json(["tests.huge"])
+    for log in (logs.get_logger("t"), stdlib_logger):
+        try:
+            raise ValueError("x" * 100_000 + " the end")
+        except ValueError:
+            log.exception("failed")
+    for record in lines(stream):
+        assert len(record["exception"]) <= logs.MAX_TRACEBACK_LENGTH + 20
+        assert record["exception"].startswith("[truncated]") and record["exception"].endswith("the end")
