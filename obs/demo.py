@@ -112,6 +112,7 @@ def _print_metrics(exposition: str) -> None:
         Metrics.BATCH_SIZE.series("count"),
         Metrics.ERRORS.name,
         Metrics.MODEL_INFO.name,
+        Metrics.WORKERS.name,
     )
     print("\nmetrics from the exporter (a selection):")
     for line in exposition.splitlines():
