@@ -31,9 +31,7 @@ def start(
 ) -> threading.Thread:
     """Write this worker's heartbeat now, then touch it every ``interval_s`` from a daemon thread."""
     path = heartbeat_path(directory, identity)
-    scratch = path.with_name(f".{path.name}.tmp")
-    scratch.write_text(f"{model}\n{version}\n")
-    os.replace(scratch, path)  # the exporter never reads a half-written file
+    _announce(path, model, version)
 
     def beat() -> None:
         while True:
@@ -41,11 +39,18 @@ def start(
             try:
                 os.utime(path)
             except FileNotFoundError:  # the directory was cleaned: write it again
-                path.write_text(f"{model}\n{version}\n")
+                _announce(path, model, version)
 
     thread = threading.Thread(target=beat, name="tsobs-heartbeat", daemon=True)
     thread.start()
     return thread
+
+
+def _announce(path: Path, model: str, version: str) -> None:
+    """Write the heartbeat file whole: the exporter never reads a half-written one."""
+    scratch = path.with_name(f".{path.name}.tmp")
+    scratch.write_text(f"{model}\n{version}\n")
+    os.replace(scratch, path)
 
 
 def live_workers(directory: Path, ttl_s: float = TTL_S) -> Dict[str, Tuple[str, str]]:

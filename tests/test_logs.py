@@ -13,6 +13,7 @@ from obs.fluent import FluentShipper
 from obs.services import free_port
 from obs.settings import Settings
 from tests.support.forward_receiver import ForwardReceiver
+from tests.support.traffic import wait_for
 
 
 def lines(stream: io.StringIO) -> list:
@@ -106,9 +107,7 @@ def test_shipper_delivers_records_unchanged() -> None:
     for record in records:
         shipper.ship(record)
     shipper.close()
-    deadline = time.monotonic() + 10
-    while len(receiver.snapshot()) < 30 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: len(receiver.snapshot()) >= 30, 10, "the records at the test receiver")
     receiver.close()
     assert receiver.snapshot() == records and not drops
     assert set(receiver.tags) == {"torchserve"}
@@ -151,7 +150,9 @@ def test_sigterm_flushes_the_queue_and_counts_what_fluentd_never_got(tmp_path) -
 
     env = {**os.environ, "TSOBS_FLUENT_HOST": "127.0.0.1", "TSOBS_FLUENT_PORT": str(free_port())}
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-c", SHUTDOWN_WORKER, str(tmp_path)], env=env, timeout=30)
+    result = subprocess.run(
+        [sys.executable, "-c", SHUTDOWN_WORKER, str(tmp_path)], env=env, timeout=30
+    )
     assert result.returncode == -signal.SIGTERM  # it still dies of SIGTERM, as without us
     assert time.monotonic() - started < 8
     samples = parse_samples(MetricsSource(tmp_path).render("")[0].decode())
@@ -169,4 +170,6 @@ def test_huge_exceptions_are_cut_to_a_bounded_line(monkeypatch) -> None:
             log.exception("failed")
     for record in lines(stream):
         assert len(record["exception"]) <= logs.MAX_TRACEBACK_LENGTH + 20
-        assert record["exception"].startswith("[truncated]") and record["exception"].endswith("the end")
+        assert record["exception"].startswith("[truncated]") and record["exception"].endswith(
+            "the end"
+        )

@@ -27,6 +27,7 @@ from handler_mixins.example.build import MODEL_NAME
 from obs import stack
 from obs.services import http_get
 from obs.traffic import json_request, predict
+from tests.support.traffic import wait_for
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.torchserve]
 
@@ -66,16 +67,6 @@ def _run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "obs.cli", *args], capture_output=True, text=True, timeout=300
     )
-
-
-def _wait_for(what: str, probe: Callable[[], Optional[Any]], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.25)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -172,13 +163,13 @@ def test_every_target_is_scraped(native_stack: stack.State) -> None:
         health = {t["labels"]["job"]: t["health"] for t in targets}
         return health if health and all(h == "up" for h in health.values()) else None
 
-    health = _wait_for("all targets up", healthy, 30)
+    health = wait_for(healthy, 30, "all targets up")
     assert set(health) == {"torchserve", "torchserve-obs", "prometheus", "alertmanager"}
 
 
 def test_a_stopped_exporter_alerts_end_to_end(native_stack: stack.State, webhook: Webhook) -> None:
     exporter = native_stack.services["exporter"].pid
-    _wait_for("the exporter alert to be inactive", lambda: _alert_state(native_stack) is None, 30)
+    wait_for(lambda: _alert_state(native_stack) is None, 30, "the exporter alert to be inactive")
     os.kill(exporter, signal.SIGSTOP)
     try:
         seen = []
@@ -189,7 +180,7 @@ def test_a_stopped_exporter_alerts_end_to_end(native_stack: stack.State, webhook
                 seen.append(current)
             return current == "firing"
 
-        _wait_for(f"{ALERT} to fire", firing, 60)
+        wait_for(firing, 60, f"{ALERT} to fire")
         assert seen[0] == "pending", f"went {seen}: 'for: {FOR}' must hold it pending first"
 
         def in_alertmanager() -> List[Dict[str, Any]]:
@@ -197,12 +188,12 @@ def test_a_stopped_exporter_alerts_end_to_end(native_stack: stack.State, webhook
             return [a for a in json.loads(http_get(url)) if a["status"]["state"] == "active"]
 
         assert (
-            _wait_for("the alert in Alertmanager", in_alertmanager, 30)[0]["labels"]["job"]
+            wait_for(in_alertmanager, 30, "the alert in Alertmanager")[0]["labels"]["job"]
             == "torchserve-obs"
         )
 
-        note = _wait_for(
-            "the firing notification at the webhook", _notification(webhook, ALERT, "firing"), 30
+        note = wait_for(
+            _notification(webhook, ALERT, "firing"), 30, "the firing notification at the webhook"
         )
         labels, annotations = note["alerts"][0]["labels"], note["alerts"][0]["annotations"]
         assert labels["severity"] == "warning" and labels["job"] == "torchserve-obs"
@@ -214,7 +205,7 @@ def test_a_stopped_exporter_alerts_end_to_end(native_stack: stack.State, webhook
     finally:
         os.kill(exporter, signal.SIGCONT)
 
-    resolved = _wait_for("the resolved notification", _notification(webhook, ALERT, "resolved"), 60)
+    resolved = wait_for(_notification(webhook, ALERT, "resolved"), 60, "the resolved notification")
     assert resolved["alerts"][0]["labels"]["alertname"] == ALERT
     assert resolved["alerts"][0]["endsAt"] > resolved["alerts"][0]["startsAt"]
     assert _alert_state(native_stack) is None
@@ -238,17 +229,17 @@ def test_injected_errors_alert_end_to_end_and_clear(
     sender = threading.Thread(target=traffic, daemon=True)
     sender.start()
     try:
-        note = _wait_for(
-            "the error-ratio notification", _notification(webhook, ERRORS_ALERT, "firing"), 120
+        note = wait_for(
+            _notification(webhook, ERRORS_ALERT, "firing"), 120, "the error-ratio notification"
         )
         labels = note["alerts"][0]["labels"]
         assert labels["severity"] == "warning" and labels["model_name"] == MODEL_NAME
         assert MODEL_NAME in note["alerts"][0]["annotations"]["description"]
         failing.clear()
-        _wait_for(
-            "the error-ratio alert to resolve",
+        wait_for(
             _notification(webhook, ERRORS_ALERT, "resolved"),
             120,
+            "the error-ratio alert to resolve",
         )
         assert _alert_state(native_stack, ERRORS_ALERT) is None
     finally:
