@@ -38,7 +38,7 @@ def _load(path: Path) -> Any:
 def _schema(name: str) -> Draft7Validator:
     path = SCHEMAS / name
     if not path.exists():
-        pytest.fail(f"schema {path} is missing (see ../shared/schemas/SOURCES.md)")
+        pytest.fail(f"schema {path} is missing (see tests/schemas/SOURCES.md)")
     return Draft7Validator(json.loads(path.read_text()))
 
 

@@ -1,7 +1,7 @@
-"""Where the tests find the repository and the shared validation schemas."""
+"""Where the tests find the repository and the validation schemas."""
 
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-SCHEMAS = REPO.parent / "shared" / "schemas"
-"""The schemas beside the checkout (``../shared/schemas``), as laid out for CI too."""
+SCHEMAS = REPO / "tests" / "schemas"
+"""Upstream schemas copied into the repository with their licenses (see SOURCES.md there)."""
