@@ -29,6 +29,8 @@ class Label:
     DEVICE = "device"
     REASON = "reason"
     COMPONENT = "component"
+    LOST_REASON = "reason"
+    """On :attr:`Metrics.REQUESTS_LOST`: why a request got no answer from the handler."""
     WORKER = "pid"
     """Added by prometheus_client's multiprocess collector to per-worker gauges; its value
     is the stable worker identity (``w9000``), not an OS pid."""
@@ -41,6 +43,15 @@ class Outcome:
     CLIENT_ERROR = "client_error"
     SERVER_ERROR = "server_error"
     ALL = (SUCCESS, CLIENT_ERROR, SERVER_ERROR)
+
+
+class LostReason:
+    """Values of ``reason`` on :attr:`Metrics.REQUESTS_LOST`: bounded."""
+
+    WORKER_DIED = "worker_died"
+    """The worker process ended (kill -9, OOM kill, segfault, TorchServe's response-timeout
+    kill) while the request was in its batch; TorchServe answered "Worker died."."""
+    ALL = (WORKER_DIED,)
 
 
 class Stage:
@@ -144,6 +155,13 @@ class Metrics:
         "counter",
         "Inference requests handled, by outcome (success, client_error, server_error).",
         MODEL_LABELS + (Label.OUTCOME,),
+    )
+    REQUESTS_LOST = MetricSpec(
+        f"{PREFIX}requests_lost_total",
+        "counter",
+        "Requests handed to a worker that ended before answering them, by reason. Each is "
+        "also counted in tsobs_requests_total as server_error.",
+        MODEL_LABELS + (Label.LOST_REASON,),
     )
     STAGE_DURATION = MetricSpec(
         f"{PREFIX}stage_duration_seconds",
