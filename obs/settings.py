@@ -39,6 +39,10 @@ class Settings:
     log_file: Optional[Path] = None
     """Append JSON lines to this file instead of stdout. TorchServe's frontend re-logs every
     stdout line through log4j, which costs throughput; a file also suits a log shipper."""
+    log_file_max_bytes: int = 100 * 1024 * 1024
+    """Rotate ``log_file`` past this size (checked once a second); 0: never (logrotate may)."""
+    log_file_backups: int = 5
+    """Rotated files kept beside ``log_file`` (``.1`` the newest)."""
     fluent_host: Optional[str] = None
     """Fluentd forward endpoint; shipping is off while unset."""
     fluent_port: int = 24224
@@ -67,6 +71,8 @@ class Settings:
             log_fields=log_fields,
             log_level=log_level,
             log_file=Path(env["TSOBS_LOG_FILE"]) if env.get("TSOBS_LOG_FILE") else None,
+            log_file_max_bytes=_int(env, "TSOBS_LOG_FILE_MAX_BYTES", 100 * 1024 * 1024, 0, 1 << 50),
+            log_file_backups=_int(env, "TSOBS_LOG_FILE_BACKUPS", 5, 1, 1000),
             fluent_host=env.get("TSOBS_FLUENT_HOST") or None,
             fluent_port=_int(env, "TSOBS_FLUENT_PORT", 24224, 1, 65535),
             fluent_tag=env.get("TSOBS_FLUENT_TAG", "torchserve"),

@@ -356,7 +356,7 @@ ECS_FIELDS: Dict[str, str] = {
     Field.CLIENT_REQUEST_ID: "http.request.id",
     Field.TRACE_ID: "trace.id",
     Field.SPAN_ID: "span.id",
-    Field.OUTCOME: "event.outcome",
+    Field.OUTCOME: "torchserve.outcome",
     Field.STATUS: "http.response.status_code",
     Field.WORKER: "torchserve.worker",
     Field.BATCH_ID: "torchserve.batch.id",
@@ -372,6 +372,17 @@ ECS_FIELDS: Dict[str, str] = {
     Field.EXCEPTION: "error.stack_trace",
 }
 """Elastic Common Schema names, used when ``TSOBS_LOG_FIELDS=ecs``. Flat dotted keys."""
+
+ECS_EVENT_OUTCOME = "event.outcome"
+"""ECS's outcome field, whose only allowed values are ``success``, ``failure`` and ``unknown``;
+our three-way class stays in ``ECS_FIELDS[Field.OUTCOME]``."""
+
+ECS_OUTCOMES: Dict[str, str] = {
+    Outcome.SUCCESS: "success",
+    Outcome.CLIENT_ERROR: "failure",
+    Outcome.SERVER_ERROR: "failure",
+}
+"""``event.outcome`` for each of our outcomes; anything else is ``unknown``."""
 
 DEFAULT_PORTS: Dict[str, int] = {
     "inference": 8080,
