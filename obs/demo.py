@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"\nsent {len(responses)} requests; answers with status {statuses}", flush=True)
         time.sleep(1.0)  # TorchServe's frontend writes worker lines to model_log.log asynchronously
 
-        _print_logs(server.model_log)
+        _print_logs(server.json_log)
         _print_metrics(http_get(f"{exporter_url}/metrics").decode())
         if args.keep_running:
             print("\nrunning until Ctrl-C", flush=True)

@@ -280,8 +280,6 @@ class Stack:
         ports = self.state.ports
         settings = read_properties(compose / "torchserve" / "config.properties")
         extra = {key: value for key, value in settings.items() if key not in TORCHSERVE_OWN_KEYS}
-        log_config = (compose / "torchserve" / "log4j2.xml").resolve()
-        extra["vmargs"] = f"-Dlog4j.configurationFile=file://{log_config}"
         torchserve = TorchServe(
             workdir=self.state_dir / "torchserve",
             model_store=self.model_store(),

@@ -57,11 +57,13 @@ def json_request(payload: Any, headers: Optional[Mapping[str, str]] = None) -> R
 
 
 def json_log_lines(model_log: Path) -> List[Dict[str, Any]]:
-    """The JSON objects among the worker output lines in TorchServe's model_log.log."""
+    """The JSON objects among the worker output lines in a TorchServe log: raw lines
+    (model_log.jsonl, our log4j config) or inside log4j lines (model_log.log, the stock one)."""
     records = []
     for line in model_log.read_text(errors="replace").splitlines():
         _, found, message = line.partition(LOG_MARKER)
-        if found and message.startswith("{"):
+        message = message if found else line
+        if message.startswith("{"):
             try:
                 records.append(json.loads(message))
             except ValueError:
