@@ -113,6 +113,11 @@ class ElasticsearchStandin:
         with self._lock:
             return list(self.documents.values())
 
+    def items(self) -> List[Tuple[Tuple[str, str], Dict[str, Any]]]:
+        """((index, _id), document) of every accepted document."""
+        with self._lock:
+            return list(self.documents.items())
+
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
