@@ -3,8 +3,10 @@
 For hosts where Docker is not available (HPC nodes, locked-down GPU hosts): TorchServe with
 the example model, the exporter, Prometheus and Alertmanager run from the host's binaries on
 loopback ports, configured from the same files as the compose stack (``compose/``), rendered
-for loopback. Grafana runs when its binary is found. Fluentd and Elasticsearch are not run:
-the mixin's JSON lines land in ``<state>/torchserve/logs/model_log.jsonl`` instead.
+for loopback. Grafana runs when its binary is found. Fluentd runs when one is found
+(``--fluentd``, ``$FLUENTD`` or ``fluentd`` on PATH) with the compose stack's config: it tails
+TorchServe's logs and writes to the Elasticsearch given with ``--elasticsearch-url``, else to
+JSON-lines files in ``<state>/fluentd/out``. Elasticsearch itself is not run.
 
 ``up`` records every process it starts (PID and kernel start time) in the state dir, so
 ``down`` stops exactly those processes, and nothing else if a PID was reused meanwhile.
@@ -23,7 +25,8 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from urllib.parse import urlsplit
 
 from obs.errors import UsageError
 from obs.exporter import exporter_service
@@ -59,6 +62,8 @@ INSTALL_HINTS = {
     "binary from https://prometheus.io/download/ on PATH",
     "java": "TorchServe 0.12 needs a Java 17 runtime: apt-get install openjdk-17-jre-headless, "
     "or set JAVA_HOME",
+    "fluentd": "optional: a Fluentd 1.16 with fluent-plugin-elasticsearch 5.4 (--fluentd PATH, "
+    "FLUENTD=PATH, or fluentd on PATH); until then the mixin's JSON lines are in",
     "grafana": "optional: install Grafana (https://grafana.com/grafana/download) and set "
     "GRAFANA_ADMIN_PASSWORD; until then import dashboards/*.json into any Grafana",
 }
@@ -182,6 +187,7 @@ def render_grafana_provisioning(
 ) -> None:
     """Grafana's provisioning folder with the datasource on loopback and the repo's dashboards."""
     import yaml  # from the torchserve or generate extra: the exporter runs without it
+
     for path in source.rglob("*.yml"):
         document = yaml.safe_load(path.read_text())
         for datasource in document.get("datasources", []):
@@ -236,9 +242,12 @@ def port_is_free(port: int) -> bool:
     return True
 
 
-def choose_ports(free: bool) -> Dict[str, int]:
-    """The usual ports (refused if taken, naming the service), or free ones if asked."""
-    wanted = {**{name: DEFAULT_PORTS[name] for name in NATIVE_SERVICES}, **TORCHSERVE_EXTRA_PORTS}
+def choose_ports(free: bool, extra: Tuple[str, ...] = ()) -> Dict[str, int]:
+    """The usual ports (refused if taken, naming the service), or free ones if asked.
+
+    ``extra``: more keys of :data:`DEFAULT_PORTS` (the optional services that will run)."""
+    services = NATIVE_SERVICES + extra
+    wanted = {**{name: DEFAULT_PORTS[name] for name in services}, **TORCHSERVE_EXTRA_PORTS}
     if free:
         return {name: free_port() for name in wanted}
     taken = [f"{port} ({name})" for name, port in wanted.items() if not port_is_free(port)]
@@ -338,6 +347,7 @@ class Stack:
 
     def start_alertmanager(self, binary: str, compose: Path) -> None:
         import yaml  # from the torchserve or generate extra: the exporter runs without it
+
         config = render_alertmanager(
             yaml.safe_load((compose / "alertmanager" / "alertmanager.yml").read_text()),
             self.args.webhook_url,
@@ -366,6 +376,7 @@ class Stack:
 
     def start_prometheus(self, binary: str, compose: Path) -> None:
         import yaml  # from the torchserve or generate extra: the exporter runs without it
+
         config = render_prometheus(
             yaml.safe_load((compose / "prometheus" / "prometheus.yml").read_text()),
             self.state.ports,
@@ -428,11 +439,46 @@ class Stack:
             "/api/health",
         )
 
+    def start_fluentd(self, binary: str, compose: Path) -> None:
+        """Fluentd with compose/fluentd/fluent.conf, tailing this stack's TorchServe logs."""
+        directory = (self.state_dir / "fluentd").resolve()
+        env = {
+            **os.environ,
+            "TSOBS_LOG_DIR": str((self.state_dir / "torchserve" / "logs").resolve()),
+            "TSOBS_LOG_FIELDS": os.environ.get("TSOBS_LOG_FIELDS", "otel"),
+            "FLUENTD_BUFFER_DIR": str(directory / "buffer"),
+            "FLUENTD_FORWARD_BIND": LOOPBACK,
+            "FLUENTD_FORWARD_PORT": str(self.state.ports["fluentd_forward"]),
+            "FLUENTD_MONITOR_PORT": str(self.state.ports["fluentd_monitor"]),
+        }
+        if self.args.elasticsearch_url:
+            target = urlsplit(self.args.elasticsearch_url)
+            env.update(
+                TSOBS_ES_HOST=target.hostname or LOOPBACK, TSOBS_ES_PORT=str(target.port or 9200)
+            )
+        else:
+            env.update(
+                FLUENTD_OUTPUT="output-file.conf", FLUENTD_FILE_OUTPUT_DIR=str(directory / "out")
+            )
+        (directory / "buffer").mkdir(parents=True, exist_ok=True)
+        service = Service(
+            "fluentd",
+            [binary, "-c", str(compose / "fluentd" / "fluent.conf"), "--no-supervisor"],
+            self._log("fluentd"),
+            env=env,
+        )
+        service.start()
+        self.record("fluentd", service, self.url("fluentd_monitor"))
+        self.wait("fluentd_monitor", "/api/plugins.json", service, timeout=120.0)
+        where = self.args.elasticsearch_url or f"JSON-lines files in {directory / 'out'}"
+        self.state.notes.append(f"Fluentd ships TorchServe's and the mixin's logs to {where}")
+
     def _log(self, name: str) -> Path:
         return self.state_dir / "logs" / f"{name}.log"
 
     def _write_yaml(self, name: str, document: Mapping[str, Any]) -> Path:
         import yaml  # from the torchserve or generate extra: the exporter runs without it
+
         path = (self.state_dir / name).resolve()
         path.write_text(yaml.safe_dump(dict(document), sort_keys=False))
         return path
@@ -465,16 +511,26 @@ def up(args: argparse.Namespace) -> int:
         raise UsageError(str(err)) from None
 
     state_dir.mkdir(parents=True, exist_ok=True)
-    state = State(ports=choose_ports(args.free_ports), tmp_dir=tempfile.mkdtemp(prefix="tsobs-"))
-    state.notes.append(
-        "Fluentd and Elasticsearch are not run natively: the mixin's JSON lines are in "
-        f"{state_dir / 'torchserve' / 'logs' / 'model_log.jsonl'}"
+    fluentd = args.fluentd or os.environ.get("FLUENTD") or find_binary(["fluentd"])
+    if args.fluentd and not Path(args.fluentd).is_file():
+        raise UsageError(f"--fluentd {args.fluentd}: no such file")
+    state = State(
+        ports=choose_ports(
+            args.free_ports, ("fluentd_forward", "fluentd_monitor") if fluentd else ()
+        ),
+        tmp_dir=tempfile.mkdtemp(prefix="tsobs-"),
     )
+    if not fluentd:
+        state.notes.append(
+            f"Fluentd not started: {INSTALL_HINTS['fluentd']} "
+            f"{state_dir / 'torchserve' / 'logs' / 'model_log.jsonl'}"
+        )
     state.save(state_dir)
     stack = Stack(args, state_dir, state)
     steps: List[Callable[[], None]] = [
         stack.start_exporter,
         lambda: stack.start_torchserve(compose),
+        lambda: fluentd and stack.start_fluentd(fluentd, compose),
         lambda: stack.start_alertmanager(alertmanager, compose),
         lambda: stack.start_prometheus(prometheus, compose),
         lambda: stack.start_grafana(compose),
@@ -566,6 +622,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--free-ports",
         action="store_true",
         help="pick free ports instead of the usual ones (8080-8083, 9090, 9093, 3000)",
+    )
+    start.add_argument(
+        "--fluentd",
+        help="the fluentd command to ship logs with (default: $FLUENTD, else fluentd on PATH)",
+    )
+    start.add_argument(
+        "--elasticsearch-url",
+        help="Fluentd writes to this Elasticsearch (http://host:port); without it, to local files",
     )
     start.add_argument("--scrape-interval", help="Prometheus scrape and rule evaluation interval")
     start.add_argument("--webhook-url", help="also send every alert to this webhook")

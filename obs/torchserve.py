@@ -7,6 +7,7 @@ so several instances can run side by side, and metrics are served in ``prometheu
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -185,3 +186,14 @@ class TorchServe:
     def stop(self) -> None:
         if self.service is not None:
             self.service.stop()
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "log4j-config",
+        help="print the path of our log4j2 config for TorchServe",
+        description="Print the path of the log4j2 config that writes the mixin's JSON lines "
+        "once, raw, to logs/model_log.jsonl. Use it in config.properties: "
+        "vmargs=-Dlog4j.configurationFile=file://PATH, or torchserve --log-config PATH.",
+    )
+    parser.set_defaults(func=lambda _args: print(LOG4J_CONFIG))

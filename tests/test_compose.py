@@ -230,8 +230,14 @@ def test_log4j_collects_each_line_once() -> None:
 # --- Fluentd --------------------------------------------------------------------------
 
 
+def _fluentd_conf() -> str:
+    """fluent.conf with the Elasticsearch output it includes by default."""
+    folder = COMPOSE / "fluentd"
+    return (folder / "fluent.conf").read_text() + (folder / "output-elasticsearch.conf").read_text()
+
+
 def test_fluentd_conf_keeps_its_own_logs_out_and_bounds_buffers() -> None:
-    conf = (COMPOSE / "fluentd" / "fluent.conf").read_text()
+    conf = _fluentd_conf()
     assert "<label @FLUENT_LOG>" in conf
     assert re.search(r"^<match torchserve torchserve\.\*\*>", conf, re.M), "no catch-all <match **>"
     assert not re.search(r"^\s*<match \*\*>", conf, re.M)
@@ -327,7 +333,7 @@ def test_ilm_policy_rolls_over_and_deletes() -> None:
 
 def test_data_streams_avoid_the_builtin_logs_templates() -> None:
     # logs-*-* would pick up Elasticsearch's built-in templates (LogsDB) instead of ours.
-    conf = (COMPOSE / "fluentd" / "fluent.conf").read_text()
+    conf = _fluentd_conf()
     (stream,) = re.findall(r"^\s*index_name (.*)$", conf, re.M)
     assert stream.startswith('"tsobs-logs-') and not stream.startswith('"logs-')
     assert _services()["fluentd"]["environment"]["TSOBS_LOG_FIELDS"].startswith("${TSOBS_LOG_FIELDS")

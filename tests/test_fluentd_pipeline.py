@@ -48,7 +48,7 @@ def name(mode: str, field: str) -> str:
     return NAMES[mode].get(field, field)
 
 
-def mixed_requests(count: int, tag: str) -> List[Request]:
+def mixed_requests(count: int, tag: str, failing: bool = True) -> List[Request]:
     """Good ones, malformed ones (400), some with X-Request-ID or traceparent, one failing batch."""
     requests = []
     for i in range(count):
@@ -57,7 +57,7 @@ def mixed_requests(count: int, tag: str) -> List[Request]:
             headers["X-Request-ID"] = f"{tag}-{i}"
         if i % 7 == 2:
             headers["traceparent"] = f"00-{i + 1:032x}-{i + 1:016x}-01"
-        if i == count // 2:
+        if failing and i == count // 2:
             payload: Any = {"fail": "on purpose"}
         elif i % 10 == 3:
             payload = "not a list"
@@ -135,7 +135,7 @@ def test_every_request_is_indexed_exactly_once_with_its_own_time(
         request_ids = [r.request_id for r in responses]
         assert len(set(request_ids)) == 200
         wait_for(lambda: all_arrived(es, mode, request_ids), 180, "every request indexed")
-        wait_for(fluentd.drained, 60, "Fluentd's buffer to drain")
+        wait_for(fluentd.settled, 90, "Fluentd to read every file and drain its buffer")
 
         found = completed(es, mode)
         assert sorted(found) == sorted(request_ids)  # nothing lost, nothing extra
@@ -218,17 +218,28 @@ def test_documents_per_request_with_and_without_our_log4j_config(
     try:
         fluentd.start()
         responses = send_all(
-            server.ports.inference_url, MODEL_NAME, mixed_requests(50, log_config), concurrency=8
+            # No failing batch: with the stock config, TorchServe's traceback lines and the
+            # request lines share ts_log.log, and a request line written between two lines of
+            # a traceback is taken into the traceback's event (seen once in two runs).
+            server.ports.inference_url,
+            MODEL_NAME,
+            mixed_requests(50, log_config, failing=False),
+            concurrency=8,
         )
         request_ids = [r.request_id for r in responses]
         wait_for(lambda: all_arrived(es, "otel", request_ids), 180, "every request indexed")
-        wait_for(fluentd.drained, 60, "Fluentd's buffer to drain")
-        documents = Counter(len(completed(es, "otel")[r]) for r in request_ids)
+        wait_for(fluentd.settled, 90, "Fluentd to read every file and drain its buffer")
+        per_request = {r: len(completed(es, "otel")[r]) for r in request_ids}
+        documents = Counter(per_request.values())
         written = Counter(copies_written(server, r) for r in request_ids)
-        if log_config == "shipped":
-            assert documents == {1: 50} and written == {1: 50}
-        else:  # TorchServe's stock config: console, model_log.log and ts_log.log
-            assert written == {3: 50} and documents == {2: 50}
+        expected = 1 if log_config == "shipped" else 2
+        odd = [
+            d for r, n in per_request.items() if n != expected for d in es.snapshot() if r in str(d)
+        ]
+        # Ours: one line, one document. TorchServe's stock config: console, model_log.log and
+        # ts_log.log, and the last two are tailed.
+        assert written == {2 * expected - 1: 50}
+        assert documents == {expected: 50}, odd
     finally:
         fluentd.stop()
         es.close()
@@ -271,7 +282,7 @@ def test_text_lines_tracebacks_whole_access_lines_parsed_last_line_not_held(
     try:
         fluentd.start()
         docs = wait_for(lambda: len(es.snapshot()) >= 4 and es.snapshot(), 60, "four documents")
-        wait_for(fluentd.drained, 60, "Fluentd's buffer to drain")
+        wait_for(fluentd.settled, 90, "Fluentd to read every file and drain its buffer")
         docs = sorted(es.snapshot(), key=lambda d: d["@timestamp"])
         assert [d[message].split("\n")[0] for d in docs] == [
             "Torch worker started.",
@@ -339,6 +350,9 @@ STOP_S = 20.0
 """How long Fluentd stays stopped under traffic (the issue measured 60 s; the property, lines
 written while it is down and rotated away meanwhile, is the same, at a third of the wall time)."""
 OUTAGE_S = 15.0
+OUTAGE_WARNING = re.compile(
+    r"\[warn\]: (failed to flush the buffer|retry succeeded|/.*\.rb:\d+:in )"
+)
 
 
 def test_nothing_lost_across_a_fluentd_stop_rotations_and_an_elasticsearch_outage(
@@ -388,7 +402,7 @@ def test_nothing_lost_across_a_fluentd_stop_rotations_and_an_elasticsearch_outag
         request_ids = [r.request_id for r in responses]
         assert len(request_ids) >= 20 * (STOP_S + OUTAGE_S) * 0.8
         wait_for(lambda: all_arrived(es, "otel", request_ids), 240, "every request indexed")
-        wait_for(fluentd.drained, 60, "Fluentd's buffer to drain")
+        wait_for(fluentd.settled, 90, "Fluentd to read every file and drain its buffer")
 
         found = completed(es, "otel")
         lost = [r for r in request_ids if r not in found]
@@ -397,10 +411,9 @@ def test_nothing_lost_across_a_fluentd_stop_rotations_and_an_elasticsearch_outag
         assert sorted(found) == sorted(request_ids)
         rotated = list(log_file.parent.glob("tsobs.jsonl.[0-9]*"))
         assert len(rotated) >= 3  # rotations happened while Fluentd ran, too
-        # Fluentd's only complaints: the flushes Elasticsearch refused during the outage.
-        assert all("failed to flush" in w for w in fluentd_warnings(fluentd)), fluentd_warnings(
-            fluentd
-        )
+        # Fluentd's only complaints: the flushes Elasticsearch refused during the outage
+        # (with their Ruby backtraces), and the retry that succeeded after it.
+        assert [w for w in fluentd_warnings(fluentd) if not OUTAGE_WARNING.search(w)] == []
         record_figures(tmp_path, len(request_ids), len(found), len(es.actions), len(rotated))
     finally:
         if traffic is not None:

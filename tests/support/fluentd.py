@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import time
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import pytest
 
@@ -21,6 +23,10 @@ from obs.services import Service, free_port, http_get, wait_until_http_ok
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "compose" / "fluentd" / "fluent.conf"
 BINARY = os.environ.get("FLUENTD", "")
+
+TAILED = re.compile(r"^(ts_log\.log|model_log\.log|.*\.jsonl(\.\d+)?)$")
+"""The files the shipped config tails in the log folder."""
+QUIET_S = 4.0
 
 requires_fluentd = pytest.mark.skipif(
     not (BINARY and Path(BINARY).is_file()),
@@ -49,8 +55,11 @@ class Fluentd:
             "FLUENTD_FLUSH_INTERVAL": "1s",
             "FLUENTD_RETRY_MAX_INTERVAL": "2s",
         }
+        self.log_dir = log_dir
         self.service: Optional[Service] = None
         self.starts = 0
+        self._last_state: Tuple[bool, int] = (False, -1)
+        self._quiet_since = 0.0
 
     def start(self) -> Fluentd:
         self.starts += 1
@@ -72,13 +81,35 @@ class Fluentd:
             self.service.stop(timeout=60)
             self.service = None
 
+    def _output(self) -> Dict[str, Any]:
+        plugins = json.loads(http_get(f"http://127.0.0.1:{self.monitor_port}/api/plugins.json"))
+        (output,) = [p for p in plugins["plugins"] if p["type"] == "elasticsearch"]
+        return output
+
     def drained(self) -> bool:
         """True when the Elasticsearch output holds nothing: every chunk was written."""
-        plugins = json.loads(http_get(f"http://127.0.0.1:{self.monitor_port}/api/plugins.json"))[
-            "plugins"
-        ]
-        (output,) = [p for p in plugins if p["type"] == "elasticsearch"]
+        output = self._output()
         return output["buffer_total_queued_size"] == 0 and output["buffer_stage_length"] == 0
+
+    def caught_up(self) -> bool:
+        """True when every file Fluentd tails has been read to its end (its position files)."""
+        positions = {}
+        for pos_file in (self.state / "buffer").glob("*.pos"):
+            for line in pos_file.read_text().splitlines():
+                _path, position, inode = line.split("\t")
+                positions[int(inode, 16)] = int(position, 16)
+        tailed = [p for p in self.log_dir.iterdir() if TAILED.match(p.name)]
+        return all(positions.get(p.stat().st_ino) == p.stat().st_size for p in tailed)
+
+    def settled(self) -> bool:
+        """True once every file is read, every record written, and none came for QUIET_S
+        (a multiline event is held up to its flush interval after the file's last line)."""
+        state = (self.caught_up() and self.drained(), self._output()["emit_records"])
+        now = time.monotonic()
+        if not state[0] or state != self._last_state:
+            self._last_state, self._quiet_since = state, now
+            return False
+        return now - self._quiet_since >= QUIET_S
 
     def log(self) -> str:
         return "".join(p.read_text(errors="replace") for p in sorted(self.state.glob("*.out")))
