@@ -38,6 +38,8 @@ class ElasticsearchStandin:
         self.documents: Dict[Tuple[str, str], Dict[str, Any]] = {}
         """Accepted documents by (index, _id)."""
         self.bulk_requests = 0
+        self.conflicts = 0
+        """Creates refused because the _id was there: a re-sent document, indexed once."""
         self._failing = False
         self._lock = threading.Lock()
         standin = self
@@ -90,6 +92,7 @@ class ElasticsearchStandin:
                 key = (index, doc_id)
                 if operation == "create" and key in self.documents:
                     status, error = 409, {"type": "version_conflict_engine_exception"}
+                    self.conflicts += 1
                 else:
                     status, error = 201, None
                     self.documents[key] = json.loads(source_line)
