@@ -82,6 +82,40 @@ def test_bad_config_is_refused_naming_the_key_and_writes_nothing(
     assert not (tmp_path / "out").exists()
 
 
+def test_every_config_problem_is_reported_in_one_run_with_its_value(tmp_path: Path) -> None:
+    """Seven mistakes, one run: each names its key and the value found there."""
+    cfg_text = """
+colour: blue
+rate_window: five minutes
+min_request_rate: -1
+slo:
+  availability: 1.5
+  latency: {threshold_seconds: 0.3}
+dashboards: {uid_prefix: Has Spaces}
+alerts:
+  TorchServeModelErrorRatioHigh: {threshold: high, severity: page}
+"""
+    with pytest.raises(UsageError) as refused:
+        _generate(tmp_path, cfg_text)
+    message = str(refused.value)
+    assert message.startswith("8 problems in the config:")
+    for key, value in [
+        ("colour", "unknown key"),
+        ("rate_window", "'five minutes'"),
+        ("min_request_rate", "-1"),
+        ("slo.availability", "1.5"),
+        ("slo.latency.threshold_seconds", "0.3"),
+        ("dashboards.uid_prefix", "'Has Spaces'"),
+        ("alerts.TorchServeModelErrorRatioHigh.threshold", "'high'"),
+        ("alerts.TorchServeModelErrorRatioHigh.severity", "'page'"),
+    ]:
+        assert re.search(rf"^  {re.escape(key)}: .*{re.escape(value)}", message, re.M), (
+            key,
+            message,
+        )
+    assert not (tmp_path / "out").exists()
+
+
 def test_register_adds_the_generate_command() -> None:
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
