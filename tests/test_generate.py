@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import re
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Dict
 
 import jsonschema
 import pytest
+import tomllib
 import yaml
 
-from obs.errors import UsageError
+from obs.errors import UsageError, install_hint
 from obs.generate import config, register, run, torchserve, writers
 from tests.support.paths import REPO, SCHEMAS
 
@@ -121,6 +126,37 @@ def test_register_adds_the_generate_command() -> None:
     register(parser.add_subparsers())
     args = parser.parse_args(["generate", "--out", "x", "--config", "c.yaml"])
     assert args.func is run and args.out == Path("x") and args.config == Path("c.yaml")
+
+
+def test_missing_extra_hint_names_installable_requirements(tmp_path: Path) -> None:
+    """After ``pip install .`` the hint must not send pip looking for torchserve-obs on an index."""
+    blocked = (
+        "import sys; sys.modules['grafanalib'] = None; from obs.cli import main; "
+        f"sys.exit(main(['generate', '--out', {str(tmp_path / 'out')!r}]))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", blocked], capture_output=True, text=True, cwd=tmp_path, check=False
+    )
+    assert result.returncode == 2, result.stderr
+    hint = result.stderr.split("grafanalib is missing: ", 1)[1].strip()
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    wanted = declared["optional-dependencies"]["generate"]
+    assert shlex.split(hint)[:2] == ["pip", "install"] and "torchserve-obs[" not in hint
+    assert {_normalise(r) for r in shlex.split(hint)[2:]} == {_normalise(r) for r in wanted}
+
+
+def _normalise(requirement: str) -> str:
+    """A requirement with its version clauses sorted, as metadata may reorder them."""
+    name, spec = re.match(r"([A-Za-z0-9_.-]+)(.*)", requirement.replace(" ", "")).groups()  # type: ignore[union-attr]
+    return name.lower() + ",".join(sorted(spec.split(",")))
+
+
+def test_missing_extra_hint_from_an_uninstalled_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
+    def not_installed(name: str) -> None:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "requires", not_installed)
+    assert install_hint("generate") == "pip install '.[generate]' (in the torchserve-obs checkout)"
 
 
 def test_overrides_remove_and_change_alerts(tmp_path: Path) -> None:
