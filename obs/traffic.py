@@ -9,7 +9,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 LOG_MARKER = " MODEL_LOG - "
 
@@ -56,16 +56,21 @@ def json_request(payload: Any, headers: Optional[Mapping[str, str]] = None) -> R
     return Request(json.dumps(payload).encode(), dict(headers or {}))
 
 
-def json_log_lines(model_log: Path) -> List[Dict[str, Any]]:
-    """The JSON objects among the worker output lines in a TorchServe log: raw lines
+def json_log_entries(model_log: Path) -> List[Tuple[str, Dict[str, Any]]]:
+    """Each line of a TorchServe log that carries a worker's JSON object, with it: raw lines
     (model_log.jsonl, our log4j config) or inside log4j lines (model_log.log, the stock one)."""
-    records = []
+    entries = []
     for line in model_log.read_text(errors="replace").splitlines():
         _, found, message = line.partition(LOG_MARKER)
         message = message if found else line
         if message.startswith("{"):
             try:
-                records.append(json.loads(message))
+                entries.append((line, json.loads(message)))
             except ValueError:
                 continue
-    return records
+    return entries
+
+
+def json_log_lines(model_log: Path) -> List[Dict[str, Any]]:
+    """The JSON objects among the worker output lines in a TorchServe log."""
+    return [record for _, record in json_log_entries(model_log)]
