@@ -393,7 +393,6 @@ DEFAULT_PORTS: Dict[str, int] = {
     "alertmanager": 9093,
     "grafana": 3000,
     "fluentd_forward": 24224,
-    "fluentd_monitor": 24220,
     "elasticsearch": 9200,
     "kibana": 5601,
 }

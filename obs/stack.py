@@ -25,7 +25,7 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional
 from urllib.parse import urlsplit
 
 from obs.errors import UsageError
@@ -51,6 +51,9 @@ NATIVE_SERVICES = (
     "grafana",
 )
 """Keys of :data:`DEFAULT_PORTS` the native stack listens on."""
+
+FLUENTD_PORTS = {"fluentd_forward": DEFAULT_PORTS["fluentd_forward"], "fluentd_monitor": 24220}
+"""Fluentd's forward input and its monitor agent (readiness), when the stack runs Fluentd."""
 
 TORCHSERVE_OWN_KEYS = ("inference_address", "management_address", "metrics_address", "model_store")
 """config.properties keys the native runner sets itself (loopback addresses, its model store)."""
@@ -242,12 +245,15 @@ def port_is_free(port: int) -> bool:
     return True
 
 
-def choose_ports(free: bool, extra: Tuple[str, ...] = ()) -> Dict[str, int]:
+def choose_ports(free: bool, extra: Optional[Mapping[str, int]] = None) -> Dict[str, int]:
     """The usual ports (refused if taken, naming the service), or free ones if asked.
 
-    ``extra``: more keys of :data:`DEFAULT_PORTS` (the optional services that will run)."""
-    services = NATIVE_SERVICES + extra
-    wanted = {**{name: DEFAULT_PORTS[name] for name in services}, **TORCHSERVE_EXTRA_PORTS}
+    ``extra``: the usual ports of the optional services that will run."""
+    wanted = {
+        **{name: DEFAULT_PORTS[name] for name in NATIVE_SERVICES},
+        **TORCHSERVE_EXTRA_PORTS,
+        **(extra or {}),
+    }
     if free:
         return {name: free_port() for name in wanted}
     taken = [f"{port} ({name})" for name, port in wanted.items() if not port_is_free(port)]
@@ -515,9 +521,7 @@ def up(args: argparse.Namespace) -> int:
     if args.fluentd and not Path(args.fluentd).is_file():
         raise UsageError(f"--fluentd {args.fluentd}: no such file")
     state = State(
-        ports=choose_ports(
-            args.free_ports, ("fluentd_forward", "fluentd_monitor") if fluentd else ()
-        ),
+        ports=choose_ports(args.free_ports, FLUENTD_PORTS if fluentd else None),
         tmp_dir=tempfile.mkdtemp(prefix="tsobs-"),
     )
     if not fluentd:
