@@ -3,8 +3,10 @@
 Each worker appends whole lines with one ``write`` to its own descriptor. Rotation is
 cooperative: at most once a second, on the next write, a worker looks at the path; if the
 file there is past the size limit, the worker renames it (``tsobs.jsonl`` becomes
-``tsobs.jsonl.1``, older ones shift, the last is deleted) under a lock file, so that one
-worker rotates, and reopens; if the path names another file than the one it writes to
+``tsobs.jsonl.20261127T120001123456``, its UTC time; the oldest beyond the count kept are
+deleted) under a lock file, so that one worker rotates, and reopens. A file is renamed once
+and never again, so a shipper that follows files by inode sees one rotation per file. If
+the path names another file than the one it writes to
 (another worker rotated it, or logrotate with ``create`` did), it reopens. A worker thus
 writes at most a second's lines into a renamed file, which a tailing shipper reads to its
 end (Fluentd: ``rotate_wait``).
@@ -12,14 +14,26 @@ end (Fluentd: ``rotate_wait``).
 
 from __future__ import annotations
 
+import calendar
 import fcntl
 import os
 import time
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 CHECK_INTERVAL_S = 1.0
 """How often the path is looked at: a ``stat`` a second, not one per line."""
+
+
+def rotated_files(path: Path) -> List[Path]:
+    """The rotated copies of ``path``, oldest first."""
+    return sorted(path.parent.glob(path.name + ".[0-9]*"), key=lambda p: (len(p.name), p.name))
+
+
+def _micros(stamp: str) -> int:
+    """Microseconds since the epoch of a rotated file's ``YYYYmmddTHHMMSSffffff`` suffix."""
+    seconds = calendar.timegm(time.strptime(stamp[:15], "%Y%m%dT%H%M%S"))
+    return seconds * 1_000_000 + int(stamp[15:])
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -73,6 +87,17 @@ class LogFile:
         elif self.max_bytes and found.st_size >= self.max_bytes:
             self._rotate()
 
+    def _rotated_name(self) -> str:
+        """``<path>.<UTC time to the microsecond>``, later than every rotated file there."""
+        micros = int(time.time() * 1e6)
+        existing = rotated_files(self.path)
+        if existing:
+            last = existing[-1].name[len(self.path.name) + 1 :]
+            if len(last) == 21 and last.replace("T", "").isdigit():
+                micros = max(micros, _micros(last) + 1)
+        seconds, fraction = divmod(micros, 1_000_000)
+        return f"{self.path}.{time.strftime('%Y%m%dT%H%M%S', time.gmtime(seconds))}{fraction:06d}"
+
     def _rotate(self) -> None:
         with open(f"{self.path}.lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -83,9 +108,7 @@ class LogFile:
                 and found.st_ino == self._inode
                 and found.st_size >= self.max_bytes
             ):
-                for index in range(self.backups - 1, 0, -1):
-                    older = Path(f"{self.path}.{index}")
-                    if older.exists():
-                        os.replace(older, f"{self.path}.{index + 1}")
-                os.replace(self.path, f"{self.path}.1")
+                os.replace(self.path, self._rotated_name())
+                for old in rotated_files(self.path)[: -self.backups]:
+                    old.unlink()
             self._reopen()

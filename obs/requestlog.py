@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Sequence
 
 from obs.errors import UsageError
+from obs.logfile import rotated_files
 from obs.signals import ECS_EVENT_OUTCOME, ECS_FIELDS, STAGE_FIELDS, Field
 
 Record = Dict[str, Any]
@@ -36,17 +37,13 @@ _FROM_ECS = {ecs: field for field, ecs in ECS_FIELDS.items()}
 
 def log_files(paths: Sequence[Path]) -> List[Path]:
     """The files to read: given files as they are; in a folder, the JSON-lines files and
-    their rotated copies, and model_log.log (JSON inside log4j lines, TorchServe's stock
-    config). Oldest rotated copies first, so lines come out in time order within a file set."""
+    their rotated copies (oldest first), and model_log.log (JSON inside log4j lines,
+    TorchServe's stock config)."""
     found: List[Path] = []
     for path in paths:
         if path.is_dir():
             for current in sorted(path.glob("*.jsonl")) + [path / "model_log.log"]:
-                rotated = sorted(
-                    current.parent.glob(current.name + ".[0-9]*"),
-                    key=lambda p: -int(p.suffix[1:]) if p.suffix[1:].isdigit() else 0,
-                )
-                found.extend(p for p in [*rotated, current] if p.is_file())
+                found.extend(p for p in [*rotated_files(current), current] if p.is_file())
         elif path.is_file():
             found.append(path)
     return found

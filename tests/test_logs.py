@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import time
 
 from obs import logs
@@ -245,10 +246,9 @@ def test_log_file_keeps_the_last_backups_and_follows_an_outside_rotation(
     writer = logfile.LogFile(path, max_bytes=500, backups=2)
     for n in range(100):
         writer.write(logs.render({"n": n, "pad": "x" * 40}) + b"\n")
-    assert sorted(p.name for p in tmp_path.glob("tsobs.jsonl.*[0-9]")) == [
-        "tsobs.jsonl.1",
-        "tsobs.jsonl.2",
-    ]
+    rotated = logfile.rotated_files(path)
+    assert len(rotated) == 2
+    assert all(re.fullmatch(r"tsobs\.jsonl\.\d{8}T\d{12}", p.name) for p in rotated)
     kept = sorted(r["n"] for r in _all_lines(path))
     assert kept[-1] == 99 and kept[0] > 0  # the newest lines kept, the oldest deleted
     assert kept == list(range(kept[0], 100))
