@@ -392,7 +392,11 @@ def test_nothing_lost_across_a_fluentd_stop_rotations_and_an_elasticsearch_outag
         es.down()
         failing_since = len(es.actions)
         outage_at = time.monotonic()
-        wait_for(lambda: not fluentd.drained(), 60, "chunks held in Fluentd's buffer")
+        wait_for(
+            lambda: es.refused_requests and not fluentd.drained(),
+            60,
+            "chunks held in Fluentd's buffer",
+        )
         wait_for(lambda: time.monotonic() - outage_at >= OUTAGE_S, OUTAGE_S + 5, "the outage")
         assert len(es.actions) == failing_since  # nothing accepted while down
         fluentd.stop()

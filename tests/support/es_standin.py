@@ -14,7 +14,7 @@ import json
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Dict, Iterator, List, Mapping, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 INFO = {
     "name": "standin",
@@ -39,6 +39,7 @@ class ElasticsearchStandin:
         """Accepted documents by (index, _id)."""
         self.bulk_requests = 0
         self.conflicts = 0
+        self.refused_requests = 0
         """Creates refused because the _id was there: a re-sent document, indexed once."""
         self._failing = False
         self._lock = threading.Lock()
@@ -58,10 +59,12 @@ class ElasticsearchStandin:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 if not self.path.split("?")[0].endswith("/_bulk"):
                     self._answer(404, {"error": f"no such endpoint: {self.path}"})
-                elif standin._failing:
-                    self._answer(503, {"error": "standin is down", "status": 503})
                 else:
-                    self._answer(200, standin._bulk(body))
+                    answer = standin._bulk(body)
+                    if answer is None:
+                        self._answer(503, {"error": "standin is down", "status": 503})
+                    else:
+                        self._answer(200, answer)
 
             do_PUT = do_POST
 
@@ -80,10 +83,15 @@ class ElasticsearchStandin:
         self.port = self._server.server_address[1]
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
 
-    def _bulk(self, body: bytes) -> Dict[str, Any]:
+    def _bulk(self, body: bytes) -> Optional[Dict[str, Any]]:
+        """The ``_bulk`` answer, or None while down (checked under the lock that ``down`` takes,
+        so that nothing is accepted once ``down`` has returned)."""
         items = []
         lines = [line for line in body.decode().split("\n") if line.strip()]
         with self._lock:
+            if self._failing:
+                self.refused_requests += 1
+                return None
             self.bulk_requests += 1
             for action_line, source_line in zip(lines[::2], lines[1::2]):
                 ((operation, meta),) = json.loads(action_line).items()
@@ -107,10 +115,12 @@ class ElasticsearchStandin:
         }
 
     def down(self) -> None:
-        self._failing = True
+        with self._lock:
+            self._failing = True
 
     def up(self) -> None:
-        self._failing = False
+        with self._lock:
+            self._failing = False
 
     def snapshot(self) -> List[Dict[str, Any]]:
         with self._lock:
