@@ -19,7 +19,7 @@ from typing import Any, Dict, Iterable, List, Sequence
 
 from obs.errors import UsageError
 from obs.logfile import rotated_files
-from obs.signals import ECS_EVENT_OUTCOME, ECS_FIELDS, STAGE_FIELDS, Field
+from obs.signals import ECS_EVENT_OUTCOME, ECS_FIELDS, STAGE_FIELDS, Field, Label
 
 Record = Dict[str, Any]
 
@@ -30,6 +30,8 @@ KIBANA_DATA_VIEW = "tsobs-logs"
 ID_FIELDS = (Field.REQUEST_ID, Field.CLIENT_REQUEST_ID, Field.TRACE_ID, Field.REQUEST_IDS)
 """The fields an ID is looked up in (``request_ids``: a batch line naming it)."""
 COMPLETED = "request_completed"
+REASON = Label.LOST_REASON
+"""Why a request got no answer (``worker_died``), on the completion line of a lost request."""
 LOG4J_MARKER = " - {"
 
 _FROM_ECS = {ecs: field for field, ecs in ECS_FIELDS.items()}
@@ -116,7 +118,7 @@ def _request_lines(request: Record) -> List[str]:
         f"  at {request.get(Field.TIMESTAMP)}: {request.get(Field.MODEL)} "
         f"{request.get(Field.VERSION)} on worker {request.get(Field.WORKER)}",
         f"  status {request.get(Field.STATUS)}, outcome {request.get(Field.OUTCOME)}"
-        + (f", reason {request['reason']}" if request.get("reason") else "")
+        + (f", reason {request[REASON]}" if request.get(REASON) else "")
         + f", {request.get(Field.DURATION_MS)} ms in the handler"
         + (f" ({stages})" if stages else ""),
         f"  batch {request.get(Field.BATCH_ID)}: request {request.get(Field.BATCH_INDEX)} "
@@ -168,7 +170,7 @@ def kibana_discover_url(
 ) -> str:
     """A Kibana 8 Discover link showing ``query`` (KQL) in ``data_view``, oldest lines first."""
     app_state = (
-        f"(dataSource:(dataViewId:{_rison(data_view)},type:dataView),"
+        f"(index:{_rison(data_view)},"
         f"query:(language:kuery,query:{_rison(query)}),sort:!(!('@timestamp',asc)))"
     )
     global_state = f"(time:(from:{since},to:now))"

@@ -134,10 +134,31 @@ def test_ecs_lines_rotated_files_and_log4j_lines_are_all_read(tmp_path: Path) ->
     assert "neighbour: r1 status 200" in story and "resized" in story
 
 
+def test_a_request_lost_with_its_worker_says_why(tmp_path: Path) -> None:
+    # Written by whoever settles a request lost with its worker (the restarted worker or the
+    # exporter): no stages, server_error, and the reason.
+    emit(
+        tmp_path / "tsobs.jsonl",
+        "otel",
+        [
+            {
+                "event": "request_completed",
+                "request_id": "lost-1",
+                "batch_id": "w9001-3",
+                "status": 500,
+                "outcome": "server_error",
+                "reason": "worker_died",
+            }
+        ],
+    )
+    code, story = run_logs("lost-1", "--logs", str(tmp_path))
+    assert code == 0 and "status 500, outcome server_error, reason worker_died" in story
+
+
 def test_kibana_link_carries_the_query_for_both_field_sets() -> None:
     url = kibana_discover_url("https://kibana.example:5601", kibana_query('id "with" quotes'))
     assert url.startswith("https://kibana.example:5601/app/discover#/?_g=")
     app_state = urllib.parse.unquote(url.split("&_a=", 1)[1])
-    assert "dataViewId:'tsobs-logs'" in app_state and "language:kuery" in app_state
+    assert "index:'tsobs-logs'" in app_state and "language:kuery" in app_state
     for field in ("request_id", "client_request_id", "trace_id", "http.request.id", "trace.id"):
         assert f'{field} : "id \\"with\\" quotes"' in app_state
