@@ -25,6 +25,9 @@ LABEL_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 METRIC_NAME_RE = re.compile(r"^[a-z][a-z0-9-]*$")
 """Kubernetes object names and dashboard UID prefixes."""
 
+LOG_FIELDS = ("otel", "ecs")
+"""Values of ``dashboards.log_fields``: the field names the logs carry (``TSOBS_LOG_FIELDS``)."""
+
 RUNBOOK_FIELDS = ("alert", "alert_lower")
 """Placeholders ``runbook_url_pattern`` may use."""
 
@@ -32,6 +35,7 @@ DEFAULTS: Dict[str, Any] = {
     "torchserve_selector": 'job="torchserve"',
     "exporter_selector": 'job="torchserve-obs"',
     "cluster_label": "",
+    "host_label": "instance",
     "datasource": "Prometheus",
     "rate_window": "5m",
     "min_request_rate": 0.1,
@@ -59,6 +63,9 @@ DEFAULTS: Dict[str, Any] = {
         "tags": ["torchserve", "torchserve-obs"],
         "refresh": "30s",
         "time_from": "now-3h",
+        "kibana_url": "",
+        "kibana_data_view": "tsobs-logs",
+        "log_fields": "otel",
     },
     "kubernetes": {
         "namespace": "monitoring",
@@ -180,6 +187,11 @@ def _validate(cfg: Dict[str, Any]) -> None:
         "cluster_label",
         f"must be empty or a label name, not {cluster!r}",
     )
+    _require(
+        bool(LABEL_NAME_RE.match(cfg["host_label"])),
+        "host_label",
+        f"must be a label name, not {cfg['host_label']!r}",
+    )
     _require(bool(cfg["datasource"].strip()), "datasource", "must not be empty")
     _duration(cfg["rate_window"], "rate_window")
     _require(cfg["min_request_rate"] >= 0, "min_request_rate", "must not be negative")
@@ -192,6 +204,16 @@ def _validate(cfg: Dict[str, Any]) -> None:
         "must be lowercase letters, digits and dashes, at most 24 characters",
     )
     _require(all(isinstance(t, str) for t in dash["tags"]), "dashboards.tags", "must be strings")
+    _require(
+        dash["kibana_url"] == "" or bool(re.match(r"^https?://[^\s'\"]+$", dash["kibana_url"])),
+        "dashboards.kibana_url",
+        f"must be empty or an http(s) URL, not {dash['kibana_url']!r}",
+    )
+    _require(
+        dash["log_fields"] in LOG_FIELDS,
+        "dashboards.log_fields",
+        f"must be one of {LOG_FIELDS} (as TSOBS_LOG_FIELDS), not {dash['log_fields']!r}",
+    )
     kube = cfg["kubernetes"]
     for key in ("namespace", "prometheusrule_name", "configmap_name"):
         _require(
