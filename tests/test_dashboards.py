@@ -411,3 +411,13 @@ def test_no_alert_threshold_is_left_unread() -> None:
     for spec in rules.builtin_alerts(config.resolve({})):
         if spec.threshold is not None:
             assert f"Runbook: {spec.name}" in text, spec.name
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_variables_depend_only_on_earlier_variables(path: Path) -> None:
+    """Grafana resolves variables in order: a query naming itself or a later one is empty."""
+    variables = json.loads(path.read_text())["templating"]["list"]
+    names = [v["name"] for v in variables]
+    for i, var in enumerate(variables):
+        used = set(re.findall(r"\$(\w+)", str(var.get("query", ""))))
+        assert used <= set(names[:i]), (var["name"], used)

@@ -206,7 +206,7 @@ def _normalise_panel(
 
 def _variables(cfg: Mapping[str, Any], spec: DashboardSpec) -> List[Dict[str, Any]]:
     """``datasource``, optional cluster, ``host``, ``model``, ``version``."""
-    q = Queries(cfg, dashboard=True)
+    q = Queries(cfg)
     cluster = cfg["cluster_label"]
     scope = f'{cluster}=~"$cluster", ' if cluster else ""
     by_host = q.exp(Metrics.REQUESTS, extra=f"{scope}{q.host_matcher()}")
