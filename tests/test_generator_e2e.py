@@ -11,7 +11,11 @@ Three layouts, one Prometheus each, the same TorchServe and exporter:
 - ``pod``: a sidecar in one pod, both series labelled ``pod``; dashboards with
   ``host_label: pod``.
 
-The config shortens windows and ``for:`` so this takes about two minutes; the committed
+Then a rollout on the native layout: a canary version is registered, gets traffic and is
+unregistered; the versions view shows both versions side by side and the annotations mark
+it serving, then retired (45 s after its last heartbeat).
+
+The config shortens windows and ``for:`` so this takes about three minutes; the committed
 defaults keep production values.
 """
 
@@ -25,17 +29,20 @@ import shutil
 import threading
 import time
 import urllib.parse
+import urllib.request
+import zipfile
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, NamedTuple, Set, Tuple
 
 import pytest
 import yaml
 
-from handler_mixins.example.build import MODEL_NAME, PLAIN_MODEL_NAME
+from handler_mixins.example.build import MODEL_NAME, MODEL_VERSION, PLAIN_MODEL_NAME
 from obs.generate import config, dashboards, panels, writers
 from obs.services import Service, free_port, http_get, wait_until_http_ok
 from obs.traffic import json_request, predict
 from tests.support.paths import REPO
+from tests.support.traffic import wait_for
 from tests.test_dashboards import substitute
 
 pytestmark = [pytest.mark.torchserve, pytest.mark.prometheus]
@@ -55,6 +62,8 @@ TEST_CONFIG = {
 GPU_PANELS = {"GPU memory in use", "GPU utilisation", "GPU memory by worker"}
 """Panels excepted from "returns data": the test machine has no GPU."""
 POD = "tiny-7c9d5-x2x4q"
+CANARY = "2.0"
+"""The version the rollout registers beside MODEL_VERSION, then retires."""
 
 
 def _query(prometheus: str, expr: str) -> List[Dict[str, Any]]:
@@ -92,6 +101,8 @@ class _Traffic(threading.Thread):
         self.base_url = base_url
         self.stop = threading.Event()
         self.statuses: List[int] = []
+        self.canary = threading.Event()
+        """Set: every other valid request goes to the canary version too."""
 
     def run(self) -> None:
         bodies = [[0.1, 0.2, 0.3, 0.4], [1.0, -1.0, 0.5, 2.0], {"fail": "e2e"}, "not four numbers"]
@@ -102,6 +113,8 @@ class _Traffic(threading.Thread):
             )
             if i % 4 == 0:
                 predict(self.base_url, PLAIN_MODEL_NAME, json_request(bodies[0]))
+            if i % 2 == 0 and self.canary.is_set():
+                predict(self.base_url, f"{MODEL_NAME}/{CANARY}", json_request(bodies[0]))
             i += 1
             time.sleep(0.05)
 
@@ -216,6 +229,90 @@ def _choices(
     return choices, options
 
 
+def _canary_archive(model_store: Path) -> str:
+    """The example model's archive with version CANARY in its manifest: a new version."""
+    name = f"{MODEL_NAME}-{CANARY}.mar"
+    with (
+        zipfile.ZipFile(model_store / f"{MODEL_NAME}.mar") as src,
+        zipfile.ZipFile(model_store / name, "w", zipfile.ZIP_DEFLATED) as dst,
+    ):
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename == "MAR-INF/MANIFEST.json":
+                manifest = json.loads(data)
+                manifest["model"]["modelVersion"] = CANARY
+                data = json.dumps(manifest).encode()
+            dst.writestr(item, data)
+    return name
+
+
+def _manage(torchserve: Any, method: str, path: str) -> None:
+    request = urllib.request.Request(f"{torchserve.ports.management_url}{path}", method=method)
+    with urllib.request.urlopen(request, timeout=180) as answer:
+        assert answer.status == 200, answer.read()
+
+
+def _versions_view(prometheus: str, cfg: Mapping[str, Any]) -> Dict[str, Dict[str, float]]:
+    """The overview's versions bar gauges, by title then model version, every variable on All."""
+    overview = dashboards.render(cfg, panels.dashboards(cfg)[0])
+    view = {}
+    for panel in overview["panels"]:
+        if panel["type"] == "bargauge":
+            expr = substitute(
+                panel["targets"][0]["expr"], {"host": ".+", "model": MODEL_NAME, "version": ".+"}
+            )
+            view[panel["title"]] = {
+                r["metric"]["model_version"]: float(r["value"][1]) for r in _query(prometheus, expr)
+            }
+    return view
+
+
+def _rollouts(prometheus: str, cfg: Mapping[str, Any], started: float) -> Set[Tuple[str, str]]:
+    """(version, change) pairs the rollout annotation marks since ``started``."""
+    overview = dashboards.render(cfg, panels.dashboards(cfg)[0])
+    (note,) = [a for a in overview["annotations"]["list"] if a["name"] == "Version rollouts"]
+    expr = substitute(note["expr"], {"host": ".+", "model": MODEL_NAME, "version": ".+"})
+    return {
+        (r["metric"]["model_version"], r["metric"]["change"])
+        for r in _query_range(prometheus, expr, started)
+    }
+
+
+def _roll_out_and_back(
+    torchserve: Any, traffic: _Traffic, prometheus: str, cfg: Mapping[str, Any]
+) -> None:
+    """Register a canary version, send it traffic, unregister it: the versions view shows
+    both side by side, and the annotations mark it serving, then retired."""
+    started = time.time()
+    archive = _canary_archive(torchserve.model_store)
+    _manage(torchserve, "POST", f"/models?url={archive}&initial_workers=1&synchronous=true")
+    try:
+        traffic.canary.set()
+
+        def both_serving() -> Dict[str, Dict[str, float]]:
+            view = _versions_view(prometheus, cfg)
+            share = view["Versions: traffic share"]
+            ok = (
+                set(view["Versions serving: live workers"]) >= {MODEL_VERSION, CANARY}
+                and set(share) == {MODEL_VERSION, CANARY}
+                and all(0 < v < 1 for v in share.values())
+                and abs(sum(share.values()) - 1) < 1e-6
+                and set(view["Versions: server error ratio"]) == {MODEL_VERSION, CANARY}
+                and set(view["Versions: p99 handle latency"]) == {MODEL_VERSION, CANARY}
+            )
+            return view if ok else {}
+
+        wait_for(both_serving, 120, "both versions in the versions view")
+        wait_for(lambda: (CANARY, "serving") in _rollouts(prometheus, cfg, started), 60, "serving")
+    finally:
+        traffic.canary.clear()
+        _manage(torchserve, "DELETE", f"/models/{MODEL_NAME}/{CANARY}")
+    # The exporter drops a version's gauges 45 s after its last worker's heartbeat.
+    wait_for(
+        lambda: (CANARY, "retired") in _rollouts(prometheus, cfg, started), 150, "retired mark"
+    )
+
+
 def _host_values(prometheus: str, cfg: Mapping[str, Any]) -> List[str]:
     dash = dashboards.render(cfg, panels.dashboards(cfg)[0])
     host = {v["name"]: v for v in dash["templating"]["list"]}["host"]
@@ -285,6 +382,7 @@ def test_dashboards_show_data_in_every_layout_and_error_alert_fires(
             f'model:tsobs_requests:server_error_ratio_rate{WINDOW}{{model_name="{MODEL_NAME}"}}',
         )
         assert 0.1 < float(ratio[0]["value"][1]) < 0.5  # one request in four fails
+        _roll_out_and_back(torchserve, traffic, servers[0][2], servers[0][3])
     finally:
         traffic.stop.set()
         for _, service, _, _ in servers:
