@@ -130,10 +130,9 @@ def _panel_links(cfg: Mapping[str, Any], panel: PanelSpec, single_model: bool) -
     return out
 
 
-def _series_links(cfg: Mapping[str, Any], single_model: bool) -> List[Any]:
-    """Data links of a series with model labels: its drill-down (overview), its logs."""
+def _series_links(cfg: Mapping[str, Any], model: str, single_model: bool) -> List[Any]:
+    """Data links of a series of ``model``: its drill-down (from the overview), its logs."""
     out = []
-    model = "${model}" if single_model else links.SERIES_MODEL
     if not single_model:
         target = f"{cfg['dashboards']['uid_prefix']}-model"
         out.append(
@@ -168,8 +167,8 @@ def _normalise_panel(
     if panel.kind == "stat":
         out["options"]["colorMode"] = "background"
     out["links"] = _panel_links(cfg, panel, single_model)
-    if panel.series_links:
-        defaults["links"] = _series_links(cfg, single_model)
+    if panel.series_model:
+        defaults["links"] = _series_links(cfg, panel.series_model, single_model)
     if panel.kind == "heatmap":
         out["options"] = {
             "calculate": False,

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Mapping, Optional, Sequence, Tuple
 
-from obs.generate import rules
+from obs.generate import links, rules
 from obs.generate import torchserve as ts
 from obs.generate.config import durations_seconds
 from obs.generate.promql import RECORDED, TORCHSERVE, Queries
@@ -65,8 +65,9 @@ class PanelSpec:
     alert: str = ""
     """The alert watching what this panel shows: its runbook is linked."""
     runbook: str = ""
-    series_links: bool = False
-    """Series carry model labels: link each to its drill-down and logs."""
+    series_model: str = ""
+    """How a series names its model (a label template, or ``${model}`` when the panel shows
+    one model), for its drill-down and logs links; empty: no series links."""
 
 
 @dataclass(frozen=True)
@@ -128,13 +129,15 @@ class _Panels:
         self.q = Queries(cfg, dashboard=True)
         self.alerts = Alerts(cfg)
         self.by = by
-        self.links = Label.MODEL in by or Label.VERSION in by
+        self.series_model = (
+            links.SERIES_MODEL if Label.MODEL in by else ("${model}" if Label.VERSION in by else "")
+        )
 
     def panel(self, title: str, kind: str, unit: str, *queries: Query, **kw: Any) -> PanelSpec:
         alert = kw.get("alert", "")
         if alert:
             kw["runbook"] = self.alerts.runbook(alert)
-        kw.setdefault("series_links", self.links)
+        kw.setdefault("series_model", self.series_model)
         return PanelSpec(title, kind, unit, tuple(queries), **kw)
 
     def timeseries(self, title: str, unit: str, *queries: Query, **kw: Any) -> PanelSpec:
@@ -294,7 +297,7 @@ class _Panels:
                 "selected models together.",
                 action="Two bands mean two populations (a slow version, a slow input "
                 "size, a cold worker): split by version on the model dashboard.",
-                series_links=False,
+                series_model="",
                 width=12,
             ),
             self.timeseries(
@@ -421,7 +424,7 @@ class _Panels:
                 "selected models together.",
                 action="Compare with the configured batch_size: a band at the maximum means "
                 "the model could use larger batches or more workers.",
-                series_links=False,
+                series_model="",
             ),
         )
 
