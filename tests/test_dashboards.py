@@ -375,7 +375,7 @@ def test_logs_links_open_kibana_discover_for_the_model_and_time_range() -> None:
         assert logs[0].startswith("http://kibana.example:5601/app/discover#/?_g=(time:(from:")
         assert "${__from:date:iso}" in logs[0] and "${__to:date:iso}" in logs[0]
         assert f"{model_field}:%22${{__field.labels.model_name}}%22" in logs[0]
-        assert "index:'tsobs-logs'" in logs[0]
+        assert "'))&_a=(index:'tsobs-logs',query:(language:kuery,query:'" in logs[0]
         on_model = [link["url"] for link in model["links"] if "kibana" in link["url"]]
         assert on_model and f"{model_field}:%22${{model}}%22" in on_model[0]
     plain = config.resolve({})

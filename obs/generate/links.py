@@ -70,8 +70,8 @@ def kibana_discover_url(cfg: Mapping[str, Any], model: str, version: str = "") -
     kql = f'{name(Field.MODEL)}:"{model}"'
     if version:
         kql += f' and {name(Field.VERSION)}:"{version}"'
-    state = (
-        "_g=(time:(from:'${__from:date:iso}',to:'${__to:date:iso}'))"
-        f"&_a=(index:'{dash['kibana_data_view']}',query:(language:kuery,query:'{kql}'))"
+    time_range = "(time:(from:'${__from:date:iso}',to:'${__to:date:iso}'))"
+    app = f"(index:'{dash['kibana_data_view']}',query:(language:kuery,query:'{kql}'))"
+    return (
+        f"{dash['kibana_url'].rstrip('/')}/app/discover#/?_g={_quote(time_range)}&_a={_quote(app)}"
     )
-    return f"{dash['kibana_url'].rstrip('/')}/app/discover#/?{_quote(state)}"
