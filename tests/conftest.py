@@ -43,6 +43,8 @@ def start_torchserve(
         load_models=",".join(f"{name}={name}.mar" for name in models),
         env={"PROMETHEUS_MULTIPROC_DIR": str(workdir / "metrics"), **env},
         log_config=log_config,
+        # Tests register and unregister model versions (a rollout) through the management API.
+        extra_config={"enable_model_api": "true"},
     )
     server.start()
     try:
