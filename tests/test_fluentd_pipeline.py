@@ -381,7 +381,7 @@ def test_nothing_lost_across_a_fluentd_stop_rotations_and_an_elasticsearch_outag
         failing_since = len(es.actions)
         outage_at = time.monotonic()
         wait_for(
-            lambda: es.refused_requests and not fluentd.drained(),
+            lambda: es.refused_requests and fluentd.holding(),
             60,
             "chunks held in Fluentd's buffer",
         )

@@ -81,30 +81,43 @@ class Fluentd:
             self.service.stop(timeout=60)
             self.service = None
 
-    def _output(self) -> Dict[str, Any]:
-        plugins = json.loads(http_get(f"http://127.0.0.1:{self.monitor_port}/api/plugins.json"))
-        (output,) = [p for p in plugins["plugins"] if p["type"] == "elasticsearch"]
+    def _output(self) -> Optional[Dict[str, Any]]:
+        """The Elasticsearch output's monitor figures; None while Fluentd is too busy to say."""
+        url = f"http://127.0.0.1:{self.monitor_port}/api/plugins.json"
+        try:
+            plugins = json.loads(http_get(url, timeout=15.0))["plugins"]
+        except OSError:
+            return None
+        (output,) = [p for p in plugins if p["type"] == "elasticsearch"]
         return output
 
     def drained(self) -> bool:
         """True when the Elasticsearch output holds nothing: every chunk was written."""
         output = self._output()
-        return output["buffer_total_queued_size"] == 0 and output["buffer_stage_length"] == 0
+        return output is not None and output["buffer_total_queued_size"] == 0
+
+    def holding(self) -> bool:
+        """True when the Elasticsearch output holds records it could not write yet."""
+        output = self._output()
+        return output is not None and output["buffer_total_queued_size"] > 0
 
     def caught_up(self) -> bool:
         """True when every file Fluentd tails has been read to its end (its position files)."""
         positions = {}
         for pos_file in (self.state / "buffer").glob("*.pos"):
             for line in pos_file.read_text().splitlines():
-                _path, position, inode = line.split("\t")
-                positions[int(inode, 16)] = int(position, 16)
-        tailed = [p for p in self.log_dir.iterdir() if TAILED.match(p.name)]
-        return all(positions.get(p.stat().st_ino) == p.stat().st_size for p in tailed)
+                fields = line.split("\t")
+                if len(fields) == 3:  # not a line Fluentd is rewriting right now
+                    positions[int(fields[2], 16)] = int(fields[1], 16)
+        tailed = [p.stat() for p in self.log_dir.iterdir() if TAILED.match(p.name)]
+        return all(positions.get(stat.st_ino) == stat.st_size for stat in tailed)
 
     def settled(self) -> bool:
         """True once every file is read, every record written, and none came for QUIET_S
         (a multiline event is held up to its flush interval after the file's last line)."""
-        state = (self.caught_up() and self.drained(), self._output()["emit_records"])
+        output = self._output()
+        done = output is not None and output["buffer_total_queued_size"] == 0
+        state = (done and self.caught_up(), output["emit_records"] if output else -1)
         now = time.monotonic()
         if not state[0] or state != self._last_state:
             self._last_state, self._quiet_since = state, now
