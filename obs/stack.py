@@ -534,11 +534,12 @@ def up(args: argparse.Namespace) -> int:
     steps: List[Callable[[], None]] = [
         stack.start_exporter,
         lambda: stack.start_torchserve(compose),
-        lambda: fluentd and stack.start_fluentd(fluentd, compose),
         lambda: stack.start_alertmanager(alertmanager, compose),
         lambda: stack.start_prometheus(prometheus, compose),
         lambda: stack.start_grafana(compose),
     ]
+    if fluentd:
+        steps.insert(2, lambda: stack.start_fluentd(fluentd, compose))
     try:
         for step in steps:
             step()
