@@ -62,7 +62,7 @@ def test_stack_up_ships_every_request_line_to_local_files(tmp_path: Path) -> Non
             return ids if len(set(ids)) == len(wanted) else []
 
         assert (
-            sorted(wait_for(lines_of_requests, 120, "the request lines in Fluentd's files"))
+            sorted(wait_for(lines_of_requests, 240, "the request lines in Fluentd's files"))
             == wanted
         )
         # TorchServe's own text lines travel too, parsed.
