@@ -67,6 +67,8 @@ DEFAULTS: Dict[str, Any] = {
         "configmap_name": "torchserve-obs-dashboards",
         "configmap_labels": {"grafana_dashboard": "1"},
         "grafana_folder": "TorchServe",
+        "workload_namespace": "torchserve",
+        "monitor_labels": {"release": "kube-prometheus-stack"},
     },
     "alerts": {},
 }
@@ -113,7 +115,12 @@ def _merge(default: Mapping[str, Any], user: Mapping[str, Any], where: str) -> D
         path = f"{where}{key}"
         if key not in default:
             raise ConfigError(f"{path}: unknown key (known: {', '.join(sorted(default))})")
-        if path in ("alerts", "kubernetes.prometheusrule_labels", "kubernetes.configmap_labels"):
+        if path in (
+            "alerts",
+            "kubernetes.prometheusrule_labels",
+            "kubernetes.configmap_labels",
+            "kubernetes.monitor_labels",
+        ):
             _require(isinstance(value, Mapping), path, "must be a mapping")
             out[key] = copy.deepcopy(dict(value))
         elif isinstance(default[key], Mapping) and path != "slo.burn_windows":
@@ -193,12 +200,13 @@ def _validate(cfg: Dict[str, Any]) -> None:
     )
     _require(all(isinstance(t, str) for t in dash["tags"]), "dashboards.tags", "must be strings")
     kube = cfg["kubernetes"]
-    for key in ("namespace", "prometheusrule_name", "configmap_name"):
+    for key in ("namespace", "prometheusrule_name", "configmap_name", "workload_namespace"):
         _require(
             bool(METRIC_NAME_RE.match(kube[key])), f"kubernetes.{key}", "is not a Kubernetes name"
         )
     _labels(kube["prometheusrule_labels"], "kubernetes.prometheusrule_labels")
     _labels(kube["configmap_labels"], "kubernetes.configmap_labels")
+    _labels(kube["monitor_labels"], "kubernetes.monitor_labels")
     for name, override in cfg["alerts"].items():
         _alert_override(str(name), override)
 
