@@ -195,13 +195,14 @@ def test_network_policy_keeps_management_and_metrics_to_who_needs_them() -> None
     assert [p["port"] for p in service["ports"]] == [DEFAULT_PORTS["inference"]]
 
 
-def _relabelled_jobs(monitor: Dict[str, Any]) -> Dict[str, str]:
-    jobs = {}
+def _relabelled_jobs(monitor: Dict[str, Any]) -> List[Tuple[str, str]]:
+    """(port, job) of each endpoint; every endpoint also sets ``instance`` to the pod name."""
+    jobs = []
     for endpoint in monitor["spec"]["podMetricsEndpoints"]:
         (job,) = [r["replacement"] for r in endpoint["relabelings"] if r["targetLabel"] == "job"]
         (instance,) = [r for r in endpoint["relabelings"] if r["targetLabel"] == "instance"]
         assert instance["sourceLabels"] == ["__meta_kubernetes_pod_name"]
-        jobs[endpoint["port"]] = job
+        jobs.append((endpoint["port"], job))
     return jobs
 
 
@@ -210,10 +211,10 @@ def test_pod_monitor_gives_the_jobs_the_rules_select() -> None:
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     pod_labels = _by_kind("Deployment", "torchserve")["spec"]["template"]["metadata"]["labels"]
     assert monitor["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
-    assert _relabelled_jobs(monitor) == {
-        "ts-metrics": "torchserve",
-        "tsobs-metrics": "torchserve-obs",
-    }
+    assert _relabelled_jobs(monitor) == [
+        ("ts-metrics", "torchserve"),
+        ("tsobs-metrics", "torchserve-obs"),
+    ]
     # A config with other selectors changes the relabelling with them.
     cfg = config.resolve(
         {
@@ -224,7 +225,7 @@ def test_pod_monitor_gives_the_jobs_the_rules_select() -> None:
     )
     files = writers.build(cfg)
     custom = yaml.safe_load(files["kubernetes/torchserve/podmonitor.yaml"])
-    assert _relabelled_jobs(custom) == {"ts-metrics": "ts", "tsobs-metrics": "ts-obs"}
+    assert _relabelled_jobs(custom) == [("ts-metrics", "ts"), ("tsobs-metrics", "ts-obs")]
     assert custom["metadata"]["labels"]["prometheus"] == "main"
 
 
@@ -242,16 +243,15 @@ def test_kserve_scrapes_the_exporter_port_that_carries_both() -> None:
     env = {e["name"]: e["value"] for e in predictor["model"]["env"]}
     assert args[args.index("--metrics-dir") + 1] == env["PROMETHEUS_MULTIPROC_DIR"]
     monitor = _by_kind("PodMonitor", "kserve")
-    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
-    assert endpoint["port"] == exporter["ports"][0]["name"]
-    assert _relabelled_jobs(monitor) == {endpoint["port"]: "torchserve-obs"}
-    # TorchServe's series get TorchServe's job back; the mixin's keep the exporter's.
-    first, second = endpoint["metricRelabelings"]
-    assert (first["regex"], first["replacement"]) == (".+", "torchserve")
-    assert re.fullmatch(second["regex"], "tsobs_requests_total") and second["replacement"] == (
-        "torchserve-obs"
-    )
-    assert not re.fullmatch(second["regex"], "ts_inference_requests_total")
+    port = exporter["ports"][0]["name"]
+    # The one port is scraped as each job, each keeping its own series, as if two ports.
+    assert _relabelled_jobs(monitor) == [(port, "torchserve"), (port, "torchserve-obs")]
+    as_torchserve, as_exporter = monitor["spec"]["podMetricsEndpoints"]
+    for endpoint, action in ((as_torchserve, "drop"), (as_exporter, "keep")):
+        (rule,) = endpoint["metricRelabelings"]
+        assert rule["action"] == action and rule["sourceLabels"] == ["__name__"]
+        assert re.fullmatch(rule["regex"], "tsobs_requests_total")
+        assert not re.fullmatch(rule["regex"], "ts_inference_requests_total")
 
 
 def test_dashboards_configmap_fits_client_side_apply() -> None:

@@ -149,7 +149,7 @@ def test_both_layouts_feed_every_dashboard_query_and_the_rules(
             (
                 pod,
                 panel.title,
-                substitute(query.expr, {"model": MODEL_NAME, "version": ".+", "instance": pod}),
+                substitute(query.expr, {"model": MODEL_NAME, "version": ".+", "host": pod}),
             )
             for pod in (SIDECAR_POD, KSERVE_POD)
             for spec in panels.dashboards(cfg)
@@ -157,7 +157,7 @@ def test_both_layouts_feed_every_dashboard_query_and_the_rules(
             for panel in row.panels
             if panel.title not in GPU_PANELS
             for query in panel.queries
-            if "instance" in query.expr
+            if "$host" in query.expr
         ]
         assert len(queries) > 30
         deadline = time.monotonic() + 150  # TorchServe samples host metrics once a minute
@@ -170,7 +170,9 @@ def test_both_layouts_feed_every_dashboard_query_and_the_rules(
                 break
             time.sleep(3)
         assert empty == [], "\n\n".join(empty)
-        hosts = {r["metric"]["instance"] for r in _query(url, f"up{{{cfg['exporter_selector']}}}")}
+        hosts = {
+            r["metric"]["instance"] for r in _query(url, f"up{{{cfg['torchserve_selector']}}}")
+        }
         assert hosts == {SIDECAR_POD, KSERVE_POD}, "the dashboards' Host variable lists the pods"
         for pod, namespace in ((SIDECAR_POD, "torchserve"), (KSERVE_POD, "models")):
             for metric, job in (
@@ -183,7 +185,8 @@ def test_both_layouts_feed_every_dashboard_query_and_the_rules(
                     (s["metric"]["job"], s["metric"]["pod"], s["metric"]["namespace"])
                     for s in series
                 } == {(job, pod, namespace)}
-        assert not _query(url, f'up{{job="torchserve", instance="{KSERVE_POD}"}}')
+        for job in ("torchserve", "torchserve-obs"):  # one port, one up{} per job
+            assert _query(url, f'up{{job="{job}", instance="{KSERVE_POD}"}} == 1'), job
         # A recording rule that aggregates by instance sees each pod's TorchServe.
         wait_for(
             lambda: (

@@ -273,8 +273,9 @@ def _torchserve(cfg: Mapping[str, Any]) -> Dict[str, Any]:
                 (
                     PORTS["torchserve_metrics"][0],
                     job_name(cfg["torchserve_selector"], "torchserve"),
+                    (),
                 ),
-                (PORTS["exporter"][0], job_name(cfg["exporter_selector"], "torchserve-obs")),
+                (PORTS["exporter"][0], job_name(cfg["exporter_selector"], "torchserve-obs"), ()),
             ],
         ),
     }
@@ -335,12 +336,11 @@ def _pod_monitor(
     cfg: Mapping[str, Any],
     name: str,
     selector: Mapping[str, str],
-    endpoints: List[Tuple[str, str]],
-    metric_relabelings: Tuple[Dict[str, Any], ...] = (),
+    endpoints: List[Tuple[str, str, Tuple[Dict[str, Any], ...]]],
 ) -> Dict[str, Any]:
-    """A PodMonitor scraping ``endpoints`` (port name, job) of the selected pods."""
+    """A PodMonitor scraping ``endpoints`` (port name, job, metric relabelling) of the pods."""
     pod_endpoints = []
-    for port, job in endpoints:
+    for port, job, metric_relabelings in endpoints:
         endpoint: Dict[str, Any] = {
             "port": port,
             "path": "/metrics",
@@ -455,30 +455,21 @@ def _kserve(cfg: Mapping[str, Any]) -> Dict[str, Any]:
             }
         },
     }
-    # One target: its up{} and the mixin's series keep the exporter's job; TorchServe's
-    # series get the TorchServe job, as if scraped from their own port.
-    split_jobs = (
-        {
-            "action": "replace",
-            "sourceLabels": ["__name__"],
-            "regex": ".+",
-            "targetLabel": "job",
-            "replacement": torchserve_job,
-        },
-        {
-            "action": "replace",
-            "sourceLabels": ["__name__"],
-            "regex": f"{PREFIX}.+",
-            "targetLabel": "job",
-            "replacement": exporter_job,
-        },
-    )
+
+    # One port, scraped twice: once as TorchServe's job keeping TorchServe's series, once as
+    # the exporter's keeping the mixin's. Each job then has its up{} and its series, as in
+    # the sidecar layout, which the rules and dashboards read.
+    def only(action: str) -> Tuple[Dict[str, Any], ...]:
+        return ({"action": action, "sourceLabels": ["__name__"], "regex": f"{PREFIX}.+"},)
+
     monitor = _pod_monitor(
         cfg,
         f"{KSERVE_NAME}-kserve",
         {"serving.kserve.io/inferenceservice": KSERVE_NAME},
-        [(PORTS["exporter"][0], exporter_job)],
-        split_jobs,
+        [
+            (PORTS["exporter"][0], torchserve_job, only("drop")),
+            (PORTS["exporter"][0], exporter_job, only("keep")),
+        ],
     )
     return _directory(
         "kserve",
