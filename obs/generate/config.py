@@ -36,7 +36,7 @@ DEFAULTS: Dict[str, Any] = {
     "rate_window": "5m",
     "min_request_rate": 0.1,
     "runbook_url_pattern": (
-        "https://github.com/torchserve-obs/torchserve-obs/blob/main/docs/generator.md#{alert_lower}"
+        "https://github.com/torchserve-obs/torchserve-obs/blob/main/docs/runbooks.md#{alert_lower}"
     ),
     "slo": {
         "window": "30d",
@@ -44,12 +44,12 @@ DEFAULTS: Dict[str, Any] = {
         "latency": {"objective": 0.99, "threshold_seconds": 1.0, "stage": Stage.HANDLE},
         "burn_windows": {
             "fast": [
-                {"long": "1h", "short": "5m", "factor": 14.4},
-                {"long": "6h", "short": "30m", "factor": 6.0},
+                {"long": "1h", "short": "5m", "budget": 0.02},
+                {"long": "6h", "short": "30m", "budget": 0.05},
             ],
             "slow": [
-                {"long": "1d", "short": "2h", "factor": 3.0},
-                {"long": "3d", "short": "6h", "factor": 1.0},
+                {"long": "1d", "short": "2h", "budget": 0.1},
+                {"long": "3d", "short": "6h", "budget": 0.1},
             ],
         },
     },
@@ -243,17 +243,19 @@ def _slo(slo: Dict[str, Any]) -> None:
         for i, pair in enumerate(pairs):
             item = f"{path}[{i}]"
             _require(
-                isinstance(pair, Mapping) and sorted(pair) == ["factor", "long", "short"],
+                isinstance(pair, Mapping) and sorted(pair) == ["budget", "long", "short"],
                 item,
-                "must have exactly the keys long, short and factor",
+                "must have exactly the keys long, short and budget",
             )
             _duration(pair["long"], f"{item}.long")
             _duration(pair["short"], f"{item}.short")
-            factor = pair["factor"]
+            budget = pair["budget"]
             _require(
-                isinstance(factor, (int, float)) and not isinstance(factor, bool) and factor > 0,
-                f"{item}.factor",
-                "must be a positive number",
+                isinstance(budget, (int, float))
+                and not isinstance(budget, bool)
+                and 0 < budget <= 1,
+                f"{item}.budget",
+                "must be a share of the error budget, above 0 and at most 1",
             )
 
 
