@@ -399,8 +399,12 @@ def builtin_alerts(cfg: Mapping[str, Any]) -> List[AlertSpec]:
                 "{{ $labels.model_name }} over the last " + rw + " got no answer from a handler: "
                 "rejected with 503 (queue full, no worker), timed out, or lost with a worker."
             ),
+            # After an exporter gap the handler's rate sees only the samples since, TorchServe's
+            # the whole window: compare them only over windows every exporter was scraped in.
             expr=lambda t: (
                 f"{unanswered_ratio(rw)} > {num(t or 0)}\nand\n{received_rate(rw)} >= {min_rate}"
+                f"\nunless on ({', '.join(q.cluster)})\n"
+                f"min_over_time(up{{{cfg['exporter_selector']}}}[{rw}]) == 0"
             ),
         ),
         burn("availability", "fast"),
