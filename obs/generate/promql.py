@@ -64,6 +64,13 @@ class Queries:
         self.model_name_by = self.cluster + (Label.MODEL,)
         """Joins between TorchServe's counters and ours: see :data:`DEFAULT_VERSION`."""
         self.instance_by = self.cluster + ("instance",)
+        self.host_label = cfg["host_label"]
+        self.host_by = self.cluster + (self.host_label,)
+        self.host_extra: Tuple[str, ...] = (
+            () if self.host_label == "instance" else (self.host_label,)
+        )
+        """What aggregations must keep, besides ``instance``, for :meth:`host` to work."""
+        """Dashboards group per host by the config's ``host_label`` (see :meth:`host_matcher`)."""
         self.rate_window = "$__rate_interval" if dashboard else cfg["rate_window"]
 
     def by(self, labels: Sequence[str]) -> str:
@@ -81,7 +88,7 @@ class Queries:
             if self.cluster:
                 matchers.append(f'{self.cluster[0]}=~"$cluster"')
             if source != RECORDED:
-                matchers.append('instance=~"$instance(:[0-9]+)?"')
+                matchers.append(self.host_matcher())
             if per_model:
                 matchers.append(f'{Label.MODEL}=~"$model"')
                 version = f"$version|{DEFAULT_VERSION}" if source == TORCHSERVE else "$version"
@@ -89,6 +96,17 @@ class Queries:
         if extra:
             matchers.append(extra)
         return f"{metric}{{{', '.join(matchers)}}}" if matchers else metric
+
+    def host_matcher(self) -> str:
+        """Matcher for the dashboards' ``$host`` variable.
+
+        With ``host_label: instance`` the variable holds the host part of ``instance``, and
+        both jobs match whatever their port: TorchServe (8082) and the exporter (8083) on
+        one host or in one pod, or an exporter whose scrape config names TorchServe's host.
+        """
+        if self.host_label == "instance":
+            return 'instance=~"$host(:[0-9]+)?"'
+        return f'{self.host_label}=~"$host"'
 
     def exp(
         self, spec: MetricSpec, suffix: str = "", per_model: bool = True, extra: str = ""
@@ -127,9 +145,14 @@ class Queries:
         )
 
     def host(self, expr: str) -> str:
-        """``expr`` with a ``host`` label: the host part of ``instance``, to join TorchServe
-        (port 8082) with the exporter beside it (port 8083)."""
-        return f'label_replace({expr}, "{HOST}", "$1", "instance", "(.+?)(?::[0-9]+)?")'
+        """``expr`` with a ``host`` label, to join TorchServe (port 8082) with the exporter
+        beside it (8083): the host part of ``instance``, or the config's ``host_label``.
+
+        ``expr`` must keep ``instance`` and :attr:`host_extra` in its aggregations.
+        """
+        if self.host_label == "instance":
+            return f'label_replace({expr}, "{HOST}", "$1", "instance", "(.+?)(?::[0-9]+)?")'
+        return f'label_replace({expr}, "{HOST}", "$1", "{self.host_label}", "(.*)")'
 
     def http_responses(self, labels: Sequence[str], window: str = "") -> str:
         """Rate of TorchServe's HTTP responses with a ``code`` label per status class.

@@ -35,13 +35,14 @@ HTTP_RECORD = "torchserve_http_responses"
 RARE_EVENT_WINDOW = "15m"
 """Window over which rare events (load failures, log drops) are counted."""
 
+CRASH_WINDOW = "1h"
+"""Window over which worker restarts are counted (a crash every 6 minutes is ten of them);
+the dashboards' worker-starts panel uses it."""
+
 LOAD_WINDOW = "1h"
 GPU_IDLE_WINDOW = "30m"
 HOST_SMOOTHING = "10m"
 """TorchServe's host gauges are sampled once a minute and jump: alert on their average."""
-
-RESTART_WINDOW = "1h"
-"""Worker restarts are counted over an hour: a crash every 6 minutes is ten of them."""
 
 FAILING_WINDOW = "1h"
 """A model whose every request failed over this long, at any traffic, is down."""
@@ -434,10 +435,10 @@ def builtin_alerts(cfg: Mapping[str, Any]) -> List[AlertSpec]:
             summary="Worker processes of a model keep restarting.",
             description=(
                 "Workers of " + model + " on {{ $labels.instance }} restarted "
-                '{{ printf "%.0f" $value }} times in the last ' + RESTART_WINDOW + ": they crash "
+                '{{ printf "%.0f" $value }} times in the last ' + CRASH_WINDOW + ": they crash "
                 "(out of memory, segfault, killed while loading) and TorchServe restarts them."
             ),
-            expr=lambda t: _restarts(q, model_instance) + f"\n>= {num(t or 0)}",
+            expr=lambda t: _restarts(q, model_instance + q.host_extra) + f"\n>= {num(t or 0)}",
         ),
         AlertSpec(
             name="TorchServeModelNoHealthyWorker",
@@ -454,16 +455,18 @@ def builtin_alerts(cfg: Mapping[str, Any]) -> List[AlertSpec]:
             # on it), and no live worker. A model served without the mixin has no counters; an
             # exporter down has no series at all: neither fires.
             expr=lambda _t: (
-                q.host(f"sum {q.by(q.instance_by + (Label.MODEL,))} ({q.rate(inference, rw)})")
+                q.host(
+                    f"sum {q.by(q.instance_by + q.host_extra + (Label.MODEL,))} ({q.rate(inference, rw)})"
+                )
                 + f" > 0\nand on ({', '.join(host_model)})\n"
                 + q.host(
-                    f"group {q.by(q.instance_by + (Label.MODEL,))} ({q.exp(Metrics.WORKER_STARTS)})"
+                    f"group {q.by(q.instance_by + q.host_extra + (Label.MODEL,))} ({q.exp(Metrics.WORKER_STARTS)})"
                 )
                 + f"\nand on ({', '.join(q.cluster + (HOST,))})\n"
                 + q.host(f"up{{{cfg['exporter_selector']}}} == 1")
                 + f"\nunless on ({', '.join(host_model)})\n"
                 + q.host(
-                    f"sum {q.by(q.instance_by + (Label.MODEL,))} ({q.exp(Metrics.WORKERS)}) > 0"
+                    f"sum {q.by(q.instance_by + q.host_extra + (Label.MODEL,))} ({q.exp(Metrics.WORKERS)}) > 0"
                 )
             ),
         ),
@@ -618,7 +621,7 @@ def builtin_alerts(cfg: Mapping[str, Any]) -> List[AlertSpec]:
 
 
 def _restarts(q: Queries, labels: Tuple[str, ...]) -> str:
-    """Worker restarts over :data:`RESTART_WINDOW`: starts that did not add a live worker.
+    """Worker restarts over :data:`CRASH_WINDOW`: starts that did not add a live worker.
 
     Starts also count scale-ups and TorchServe restarts. A scale-up raises the live-worker
     count (read as 0 while absent) from its low point in the window; a TorchServe restart
@@ -627,15 +630,17 @@ def _restarts(q: Queries, labels: Tuple[str, ...]) -> str:
     """
     on = f"on ({', '.join(labels)})"
     counter = q.exp(Metrics.WORKER_STARTS)
-    starts = f"sum {q.by(labels)} (increase({counter}[{RESTART_WINDOW}]))"
+    starts = f"sum {q.by(labels)} (increase({counter}[{CRASH_WINDOW}]))"
     zero = f"0 * sum {q.by(labels)} ({counter})"
     workers = f"(sum {q.by(labels)} ({q.exp(Metrics.WORKERS)}) or {zero})"
-    rise = f"{workers} - min_over_time({workers}[{RESTART_WINDOW}:1m])"
+    rise = f"{workers} - min_over_time({workers}[{CRASH_WINDOW}:1m])"
     frontend = q.sel(ts.REQUESTS_BY_CLASS["2xx"], TORCHSERVE, per_model=False)
-    restarted = q.host(f"max {q.by(q.instance_by)} (resets({frontend}[{RESTART_WINDOW}]))")
+    restarted = q.host(
+        f"max {q.by(q.instance_by + q.host_extra)} (resets({frontend}[{CRASH_WINDOW}]))"
+    )
     host_on = f"on ({', '.join(q.cluster + (HOST,))})"
     fresh = (
-        f"{q.host(f'max_over_time({workers}[{RESTART_WINDOW}:1m])')}\n"
+        f"{q.host(f'max_over_time({workers}[{CRASH_WINDOW}:1m])')}\n"
         f"  * {host_on} group_left ()\n  {restarted}"
     )
     return f"{starts}\n- {on}\n({rise})\n- {on}\n(\n  {fresh}\n  or {on}\n  {zero}\n)"
