@@ -205,3 +205,69 @@ def test_each_window_reads_raw_requests_once() -> None:
         if window == "5m":  # the name-level join series of the rate window
             expected |= {rules.handled_rate(window), rules.answered_rate(window)}
         assert {r.get("record") for r in raw} == expected, window
+
+
+@pytest.mark.prometheus
+def test_no_healthy_worker_joins_hosts_by_host_label(tmp_path: Path) -> None:
+    """With ``host_label: pod``, TorchServe and its exporter meet on ``pod``, whatever their
+    addresses: only the pod whose workers are gone alerts."""
+    groups = rules.rule_groups(config.resolve({"host_label": "pod"}))
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": groups}))
+    series = []
+    for pod, ts_ip, exporter_ip, live in (
+        ("a", "10.0.0.1", "10.0.1.1", 2),
+        ("b", "10.0.0.2", "10.0.1.2", 0),
+    ):
+        ts = f'job="torchserve", instance="{ts_ip}:8082", pod="{pod}"'
+        exp = f'job="torchserve-obs", instance="{exporter_ip}:8083", pod="{pod}"'
+        model = 'model_name="m", model_version="1.0"'
+        series += [
+            {"series": f"up{{{exp}}}", "values": "1x30"},
+            {
+                "series": f'ts_inference_requests_total{{{ts}, model_name="m", model_version="default"}}',
+                "values": "0+60x30",
+            },
+            {"series": f"tsobs_worker_starts_total{{{exp}, {model}}}", "values": "2x30"},
+            {"series": f"tsobs_workers{{{exp}, {model}}}", "values": f"{live}x30"},
+        ]
+    test = {
+        "rule_files": ["rules.yml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": series,
+                "alert_rule_test": [
+                    {
+                        "eval_time": "15m",
+                        "alertname": "TorchServeModelNoHealthyWorker",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {
+                                    "severity": "critical",
+                                    "model_name": "m",
+                                    "instance": "10.0.0.2:8082",
+                                    "pod": "b",
+                                    "host": "b",
+                                },
+                                "exp_annotations": {
+                                    "summary": "Requests reach a model but no worker handles them.",
+                                    "description": "TorchServe 10.0.0.2:8082 receives requests "
+                                    "for model m, which the exporter on that host has seen served "
+                                    "by instrumented workers, but none of them is alive now.",
+                                    "runbook_url": rules.runbook_url(
+                                        config.resolve({}), "TorchServeModelNoHealthyWorker"
+                                    ),
+                                },
+                            }
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+    (tmp_path / "test.yml").write_text(yaml.safe_dump(test))
+    result = subprocess.run(
+        [_promtool(), "test", "rules", "test.yml"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
