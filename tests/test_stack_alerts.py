@@ -298,15 +298,13 @@ def test_a_stopped_exporter_alerts_end_to_end_and_pages_nothing(
 
 
 def test_a_model_without_the_mixin_under_traffic_raises_nothing(native_stack: stack.State) -> None:
+    """Nothing fires, for the plain model or any other, while only it gets traffic."""
     traffic = Traffic(native_stack, PLAIN_MODEL_NAME)
     try:
         _watch_quiet(
             native_stack,
             f'{rules.received_rate(RATE_WINDOW)}{{model_name="{PLAIN_MODEL_NAME}"}} > 0',
-            lambda a: (
-                a["labels"].get("model_name") == PLAIN_MODEL_NAME
-                or a["labels"]["severity"] == "critical"
-            ),
+            lambda _alert: True,
         )
         assert set(traffic.answers[PLAIN_MODEL_NAME]) == {200}
     finally:
