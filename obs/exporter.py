@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterable, Iterator, List, Mapping, Tuple
+from typing import Any, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -25,6 +25,7 @@ from obs import heartbeat
 from obs.services import Service
 from obs.settings import metrics_dir_from_env
 from obs.signals import DEFAULT_PORTS, Metrics
+from obs.upstream import TorchServeMetrics, metrics_url, timeout_seconds
 
 HEALTH_PATH = "/-/healthy"
 
@@ -54,12 +55,15 @@ class WorkerFiles:
 class MetricsSource:
     """Aggregates one metrics directory into an exposition, and reports on doing so."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, upstream: Optional[TorchServeMetrics] = None) -> None:
         self.directory = directory
+        self.upstream = upstream
         self._last_scrape_seconds = 0.0
         self._live: Mapping[str, Tuple[str, str]] = {}
         self._own = CollectorRegistry()
         self._own.register(self)
+        if upstream is not None:
+            self._own.register(upstream)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         """The exporter's own gauges, computed at scrape time (prometheus_client collector)."""
@@ -80,7 +84,9 @@ class MetricsSource:
         return self.directory.is_dir() and os.access(self.directory, os.R_OK)
 
     def render(self, accept: str) -> Tuple[bytes, str]:
-        encoder, content_type = choose_encoder(accept)
+        # TorchServe's counters lack ``_total``: with them, only the text format is valid.
+        encoder, content_type = choose_encoder("" if self.upstream else accept)
+        upstream = self.upstream.fetch() if self.upstream else b""
         started = time.perf_counter()
         self._live = heartbeat.live_workers(self.directory)
         workers = CollectorRegistry()
@@ -90,7 +96,7 @@ class MetricsSource:
         own = encoder(self._own)
         if body.endswith(b"# EOF\n"):  # OpenMetrics: one end marker, after both parts
             body = body[: -len(b"# EOF\n")]
-        return body + own, content_type
+        return body + own + upstream, content_type
 
 
 def make_server(source: MetricsSource, host: str, port: int) -> ThreadingHTTPServer:
@@ -138,8 +144,11 @@ def run(args: argparse.Namespace) -> int:
 
     directory = Path(args.metrics_dir) if args.metrics_dir else metrics_dir_from_env()
     directory.mkdir(parents=True, exist_ok=True)
+    upstream = None
+    if args.torchserve_metrics:
+        upstream = TorchServeMetrics(args.torchserve_metrics, args.torchserve_timeout)
     try:
-        server = make_server(MetricsSource(directory), args.host, args.port)
+        server = make_server(MetricsSource(directory, upstream), args.host, args.port)
     except OSError as err:
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {err.strerror}") from None
     print(
@@ -170,5 +179,19 @@ def register(subparsers: Any) -> None:
         "--metrics-dir",
         help="the workers' PROMETHEUS_MULTIPROC_DIR (default: that variable, else "
         f"{metrics_dir_from_env()})",
+    )
+    parser.add_argument(
+        "--torchserve-metrics",
+        metavar="URL",
+        type=metrics_url,
+        help="also serve TorchServe's own metrics, fetched from URL at each scrape "
+        "(e.g. http://127.0.0.1:8082/metrics), for setups that scrape one port (KServe)",
+    )
+    parser.add_argument(
+        "--torchserve-timeout",
+        type=timeout_seconds,
+        default=2.0,
+        metavar="SECONDS",
+        help="give up fetching TorchServe's metrics after this long (default: 2)",
     )
     parser.set_defaults(func=run)

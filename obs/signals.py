@@ -296,6 +296,22 @@ class Metrics:
         unit="seconds",
         by_exporter=True,
     )
+    EXPORTER_TORCHSERVE_UP = MetricSpec(
+        f"{PREFIX}exporter_torchserve_up",
+        "gauge",
+        "1 when this scrape carries TorchServe's own metrics, fetched from its metrics port "
+        "(exporter --torchserve-metrics), 0 when fetching or parsing them failed.",
+        (),
+        by_exporter=True,
+    )
+    EXPORTER_TORCHSERVE_FETCH_DURATION = MetricSpec(
+        f"{PREFIX}exporter_torchserve_fetch_duration_seconds",
+        "gauge",
+        "Time this scrape spent fetching TorchServe's own metrics (bounded by the timeout).",
+        (),
+        unit="seconds",
+        by_exporter=True,
+    )
 
 
 def all_metrics() -> Tuple[MetricSpec, ...]:
