@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 from obs.errors import UsageError
 from obs.exporter import exporter_service
-from obs.services import Service, free_port, stop_process_group, wait_until_http_ok
+from obs.services import Service, free_ports, stop_process_group, wait_until_http_ok
 from obs.signals import DEFAULT_PORTS
 from obs.torchserve import LOOPBACK, TorchServe, TorchServePorts, torchserve_binary
 
@@ -255,7 +255,7 @@ def choose_ports(free: bool, extra: Optional[Mapping[str, int]] = None) -> Dict[
         **(extra or {}),
     }
     if free:
-        return {name: free_port() for name in wanted}
+        return dict(zip(wanted, free_ports(len(wanted))))
     taken = [f"{port} ({name})" for name, port in wanted.items() if not port_is_free(port)]
     if taken:
         raise UsageError(

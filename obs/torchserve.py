@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional
 
 from obs.errors import install_hint
-from obs.services import Service, free_port, http_get, wait_until_http_ok
+from obs.services import Service, free_ports, http_get, wait_until_http_ok
 
 LOOPBACK = "127.0.0.1"
 
@@ -40,7 +40,7 @@ class TorchServePorts:
 
     @classmethod
     def free(cls, first_worker: int = 9000) -> TorchServePorts:
-        return cls(free_port(), free_port(), free_port(), free_port(), free_port(), first_worker)
+        return cls(*free_ports(5), first_worker)
 
     @property
     def inference_url(self) -> str:
