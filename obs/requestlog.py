@@ -13,11 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import urllib.parse
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Sequence
 
 from obs.errors import UsageError
+from obs.kibana import discover_url
 from obs.logfile import rotated_files
 from obs.signals import ECS_EVENT_OUTCOME, ECS_FIELDS, STAGE_FIELDS, Field, Label
 
@@ -25,8 +25,6 @@ Record = Dict[str, Any]
 
 DEFAULT_LOG_DIR = Path(".torchserve-obs") / "torchserve" / "logs"
 """Where the native stack's TorchServe writes (``torchserve-obs stack up``)."""
-KIBANA_DATA_VIEW = "tsobs-logs"
-"""The data view id of compose/kibana/saved-objects.ndjson."""
 ID_FIELDS = (Field.REQUEST_ID, Field.CLIENT_REQUEST_ID, Field.TRACE_ID, Field.REQUEST_IDS)
 """The fields an ID is looked up in (``request_ids``: a batch line naming it)."""
 COMPLETED = "request_completed"
@@ -161,23 +159,6 @@ def kibana_query(wanted: str) -> str:
     return " or ".join(f"{name} : {value}" for name in names)
 
 
-def _rison(text: str) -> str:
-    return "'" + text.replace("!", "!!").replace("'", "!'") + "'"
-
-
-def kibana_discover_url(
-    kibana_url: str, query: str, data_view: str = KIBANA_DATA_VIEW, since: str = "now-7d"
-) -> str:
-    """A Kibana 8 Discover link showing ``query`` (KQL) in ``data_view``, oldest lines first."""
-    app_state = (
-        f"(index:{_rison(data_view)},"
-        f"query:(language:kuery,query:{_rison(query)}),sort:!(!('@timestamp',asc)))"
-    )
-    global_state = f"(time:(from:{since},to:now))"
-    quote = lambda state: urllib.parse.quote(state, safe="(),:!'*")  # noqa: E731
-    return f"{kibana_url.rstrip('/')}/app/discover#/?_g={quote(global_state)}&_a={quote(app_state)}"
-
-
 def default_paths() -> List[Path]:
     """$TSOBS_LOG_FILE (and its rotated copies) if set, else the native stack's log folder."""
     log_file = os.environ.get("TSOBS_LOG_FILE")
@@ -204,7 +185,8 @@ def run(args: argparse.Namespace) -> int:
         )
     kibana = args.kibana_url or os.environ.get("TSOBS_KIBANA_URL")
     if kibana:
-        print(f"\nKibana: {kibana_discover_url(kibana, kibana_query(args.request_id))}")
+        url = discover_url(kibana, kibana_query(args.request_id), oldest_first=True)
+        print(f"\nKibana: {url}")
     return 0 if found else 1
 
 

@@ -14,7 +14,8 @@ import pytest
 from handler_mixins.example.build import MODEL_NAME
 from obs import logs
 from obs.cli import main
-from obs.requestlog import kibana_discover_url, kibana_query
+from obs.kibana import discover_url
+from obs.requestlog import kibana_query
 from obs.settings import Settings
 from obs.torchserve import TorchServe
 from obs.traffic import json_request, send_all
@@ -156,7 +157,7 @@ def test_a_request_lost_with_its_worker_says_why(tmp_path: Path) -> None:
 
 
 def test_kibana_link_carries_the_query_for_both_field_sets() -> None:
-    url = kibana_discover_url("https://kibana.example:5601", kibana_query('id "with" quotes'))
+    url = discover_url("https://kibana.example:5601", kibana_query('id "with" quotes'))
     assert url.startswith("https://kibana.example:5601/app/discover#/?_g=")
     app_state = urllib.parse.unquote(url.split("&_a=", 1)[1])
     assert "index:'tsobs-logs'" in app_state and "language:kuery" in app_state

@@ -14,6 +14,7 @@ import string
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
+from obs import kibana
 from obs.signals import LATENCY_BUCKETS, Stage
 
 SEVERITIES = ("critical", "warning", "info")
@@ -64,7 +65,7 @@ DEFAULTS: Dict[str, Any] = {
         "refresh": "30s",
         "time_from": "now-3h",
         "kibana_url": "",
-        "kibana_data_view": "tsobs-logs",
+        "kibana_data_view": kibana.DATA_VIEW,
         "log_fields": "otel",
     },
     "kubernetes": {
