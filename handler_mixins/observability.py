@@ -50,12 +50,28 @@ def worker_identity(argv: Sequence[str] = sys.argv) -> str:
     return f"pid{os.getpid()}"
 
 
+def _prediction_exception() -> type:
+    """TorchServe's ``PredictionException``, which ts/service.py catches with ``except``."""
+    try:
+        from ts.utils.util import PredictionException
+    except ImportError:  # outside TorchServe nothing raises it
+
+        class PredictionException(Exception):  # type: ignore[no-redef]
+            pass
+
+    return PredictionException
+
+
+_PREDICTION_EXCEPTION = _prediction_exception()
+
+
 def status_for_exception(exc: BaseException) -> int:
-    """The HTTP status TorchServe 0.12 answers when ``handle`` raises ``exc`` (ts/service.py)."""
+    """The HTTP status TorchServe 0.12 answers when ``handle`` raises ``exc`` (ts/service.py):
+    subclasses of ``PredictionException`` keep their ``error_code``, as its ``except`` does."""
     if isinstance(exc, MemoryError):
         return 507
     code = getattr(exc, "error_code", None)
-    if type(exc).__name__ == "PredictionException" and isinstance(code, int):
+    if isinstance(exc, _PREDICTION_EXCEPTION) and isinstance(code, int):
         return code
     return 507 if "CUDA" in str(exc) else 503
 
