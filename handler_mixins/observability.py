@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, TypeVar
 
-from obs import heartbeat, logs
+from obs import heartbeat, ledger, logs
 from obs.context import ID_FIELDS, RequestIds, bind_batch, reset_batch
 from obs.gpu import IntervalSampler, read_cuda_memory
 from obs.metrics import ModelInstruments, ProcessInstruments, use_multiprocess_dir
@@ -84,10 +84,24 @@ def outcome_for_status(status: int) -> str:
     return Outcome.SUCCESS
 
 
+_OUTCOME_INDEX = {outcome: index for index, outcome in enumerate(Outcome.ALL)}
+_batch_numbers = itertools.count(1)
+"""Process-wide: batch IDs are keys of the process's one ledger, whatever the handler."""
+
+
 class _Batch:
     """What one ``handle`` call accumulates until its completion lines are written."""
 
-    __slots__ = ("failed_stage", "fields", "ids", "size", "stage_seconds", "started", "token")
+    __slots__ = (
+        "counts",
+        "failed_stage",
+        "fields",
+        "ids",
+        "size",
+        "stage_seconds",
+        "started",
+        "token",
+    )
 
     def __init__(self, fields: Dict[str, Any], ids: List[RequestIds], token: Any) -> None:
         self.fields = fields
@@ -96,6 +110,8 @@ class _Batch:
         self.token = token
         self.stage_seconds: Dict[str, float] = {}
         self.failed_stage: Optional[str] = None
+        self.counts: Optional[List[int]] = None
+        """Requests per outcome once known; None until then, and again once in the ledger."""
         self.started = time.perf_counter()
 
 
@@ -114,13 +130,14 @@ class Observer:
         properties = getattr(context, "system_properties", None) or {}
         self.max_batch_size = int(properties.get("batch_size") or 1)
         self.metrics = ModelInstruments(self.model, self.version)
+        self.key = ledger.model_key(self.model, self.version)
+        self.ledger = ledger.open_ledger(settings.metrics_dir, self.worker, self.write_lost)
         self.handler_name = f"{type(handler).__module__}.{type(handler).__qualname__}"
         self._properties = properties
         self._settings = settings
         self.gpu_sampler: Optional[IntervalSampler] = None
         self._heartbeat: Optional[threading.Thread] = None
         """Set once the model is loaded: only then does the handler know its device."""
-        self._batch_ids = itertools.count(1)
         self.current: Optional[_Batch] = None
         self._log = logs.get_logger(
             model_name=self.model, model_version=self.version, worker=self.worker
@@ -157,14 +174,22 @@ class Observer:
                 pass
             return None
 
+    def write_lost(self, batches: List[Dict[str, Any]]) -> None:
+        """Log lines for the requests a dead predecessor on this port left in flight."""
+        self.emitter.emit(ledger.lost_request_records(batches))
+
     # Model loading -------------------------------------------------------------------
+
+    def loading(self) -> None:
+        """Counted when loading begins: a worker killed while loading shows as a start and,
+        once settled, as a failed load."""
+        self.ledger.start(self.key)
 
     def model_loaded(
         self, handler: Any, context: Any, seconds: float, error: Optional[BaseException]
     ) -> None:
-        self.metrics.worker_starts.inc()
+        self.ledger.loaded(self.key, error is None)
         self.metrics.load_seconds.observe(seconds)
-        self.metrics.loads[Outcome.SUCCESS if error is None else Outcome.SERVER_ERROR].inc()
         torch = sys.modules.get("torch")
         torch_version = str(getattr(torch, "__version__", "none"))
         self.metrics.set_info(
@@ -232,14 +257,20 @@ class Observer:
                 processors[index].get_request_properties() if index < len(processors) else None
             )
             ids.append(RequestIds.from_headers(request_ids.get(index), headers))
+        batch_id = f"{self.worker}-{next(_batch_numbers)}"
         fields = {
             Field.MODEL: self.model,
             Field.VERSION: self.version,
             Field.WORKER: self.worker,
-            Field.BATCH_ID: f"{self.worker}-{next(self._batch_ids)}",
+            Field.BATCH_ID: batch_id,
             Field.BATCH_SIZE: size,
             Field.REQUEST_IDS: [i.request_id for i in ids],
         }
+        self.ledger.begin(
+            batch_id,
+            self.key,
+            {"b": batch_id, "w": self.worker, "s": size, "r": [list(i) for i in ids]},
+        )
         batch = _Batch(fields, ids, bind_batch(fields))
         self.current = batch
         return batch
@@ -252,6 +283,8 @@ class Observer:
         finally:
             self.current = None
             reset_batch(batch.token)
+            if batch.counts is not None:  # the lines failed: the counts must not
+                self.ledger.finish(batch.fields[Field.BATCH_ID], self.key, batch.counts)
 
     def _finish(
         self, batch: _Batch, context: Any, result: Any, error: Optional[BaseException]
@@ -259,22 +292,24 @@ class Observer:
         handle_seconds = time.perf_counter() - batch.started
         batch.stage_seconds[Stage.HANDLE] = handle_seconds
         statuses = self._statuses(batch, context, result, error)
+        outcomes = [outcome_for_status(s) for s in statuses]
+        counts = batch.counts = [0, 0, 0]
+        for outcome in outcomes:
+            counts[_OUTCOME_INDEX[outcome]] += 1
         metrics = self.metrics
         for stage, seconds in batch.stage_seconds.items():
             metrics.stage_seconds[stage].observe(seconds)
         if batch.size:
             metrics.batch_size.observe(batch.size)
             metrics.batch_fill.observe(batch.size / self.max_batch_size)
-        outcomes = [outcome_for_status(s) for s in statuses]
-        for outcome in Outcome.ALL:
-            count = outcomes.count(outcome)
-            if count:
-                metrics.requests[outcome].inc(count)
         if error is not None:
             stage = batch.failed_stage or Stage.HANDLE
             metrics.count_error(stage, exception_label(error))
             self._log.error("batch_failed", exc_info=error, stage=stage, **_error_fields(error))
         self._write_completions(batch, statuses, outcomes)
+        # Lines first, then the ledger: see obs/ledger.py on the window between the two.
+        batch.counts = None
+        self.ledger.finish(batch.fields[Field.BATCH_ID], self.key, counts)
         if self.gpu_sampler is not None:
             self.gpu_sampler.maybe_sample()
 
@@ -363,6 +398,8 @@ def _observed_initialize(initialize: F) -> F:
         if self.__dict__.get(_ACTIVE_INITIALIZE):
             return initialize(self, context, *args, **kwargs)
         observer = _observer(self, context)
+        if observer is not None:
+            observer.contain("loading", observer.loading)
         self.__dict__[_ACTIVE_INITIALIZE] = True
         started = time.perf_counter()
         error: Optional[BaseException] = None

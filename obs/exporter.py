@@ -10,23 +10,57 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterable, Iterator, List, Mapping, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from obs import heartbeat
+from obs import heartbeat, ledger, logs
 from obs.services import Service
-from obs.settings import metrics_dir_from_env
-from obs.signals import DEFAULT_PORTS, Metrics
+from obs.settings import Settings, metrics_dir_from_env
+from obs.signals import DEFAULT_PORTS, LostReason, Metrics, Outcome
 
 HEALTH_PATH = "/-/healthy"
+SETTLE_INTERVAL_S = 5.0
+"""How often the exporter settles dead workers' ledgers between scrapes."""
+
+
+def ledger_families(readings: Iterable[ledger.Reading]) -> List[Metric]:
+    """Requests, lost requests, worker starts and model loads, summed over every ledger."""
+    totals: Dict[ledger.Key, Dict[str, Any]] = defaultdict(ledger.empty_counts)
+    for reading in readings:
+        for key, counts in reading.counts.items():
+            total = totals[key]
+            for index in range(3):
+                total[ledger.REQUESTS][index] += counts[ledger.REQUESTS][index]
+            total[ledger.LOST] += counts[ledger.LOST]
+            total[ledger.STARTS] += counts[ledger.STARTS]
+            for index in range(2):
+                total[ledger.LOADS][index] += counts[ledger.LOADS][index]
+    spec = Metrics.REQUESTS
+    requests = CounterMetricFamily(spec.name, spec.help, labels=spec.labels)
+    spec = Metrics.REQUESTS_LOST
+    lost = CounterMetricFamily(spec.name, spec.help, labels=spec.labels)
+    spec = Metrics.WORKER_STARTS
+    starts = CounterMetricFamily(spec.name, spec.help, labels=spec.labels)
+    spec = Metrics.MODEL_LOADS
+    loads = CounterMetricFamily(spec.name, spec.help, labels=spec.labels)
+    for key, total in sorted(totals.items()):
+        labels = list(ledger.split_key(key))
+        for outcome, count in zip(Outcome.ALL, total[ledger.REQUESTS]):
+            requests.add_metric([*labels, outcome], count)
+        lost.add_metric([*labels, LostReason.WORKER_DIED], total[ledger.LOST])
+        starts.add_metric(labels, total[ledger.STARTS])
+        for outcome, count in zip((Outcome.SUCCESS, Outcome.SERVER_ERROR), total[ledger.LOADS]):
+            loads.add_metric([*labels, outcome], count)
+    return [requests, lost, starts, loads]
 
 
 class WorkerFiles:
@@ -36,9 +70,15 @@ class WorkerFiles:
     drop; gauges only from workers with a recent heartbeat (see :mod:`obs.heartbeat`).
     """
 
-    def __init__(self, directory: Path, live: Mapping[str, Tuple[str, str]]) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        live: Mapping[str, Tuple[str, str]],
+        ledgers: Sequence[ledger.Reading] = (),
+    ) -> None:
         self.directory = directory
         self.live = live
+        self.ledgers = ledgers
 
     def files(self) -> List[str]:
         return [
@@ -48,14 +88,17 @@ class WorkerFiles:
         ]
 
     def collect(self) -> Iterable[Metric]:
-        return MultiProcessCollector.merge(self.files(), accumulate=True)
+        yield from MultiProcessCollector.merge(self.files(), accumulate=True)
+        yield from ledger_families(self.ledgers)
 
 
 class MetricsSource:
     """Aggregates one metrics directory into an exposition, and reports on doing so."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, emitter: Optional[logs.LogEmitter] = None) -> None:
         self.directory = directory
+        self._emitter = emitter
+        self._settling = threading.Lock()
         self._last_scrape_seconds = 0.0
         self._live: Mapping[str, Tuple[str, str]] = {}
         self._own = CollectorRegistry()
@@ -65,7 +108,7 @@ class MetricsSource:
         """The exporter's own gauges, computed at scrape time (prometheus_client collector)."""
         files = Metrics.EXPORTER_METRICS_FILES
         yield GaugeMetricFamily(
-            files.name, files.help, value=sum(1 for _ in self.directory.glob("*.db"))
+            files.name, files.help, value=sum(1 for p in self.directory.iterdir() if p.is_file())
         )
         duration = Metrics.EXPORTER_SCRAPE_DURATION
         yield GaugeMetricFamily(duration.name, duration.help, value=self._last_scrape_seconds)
@@ -79,18 +122,50 @@ class MetricsSource:
     def healthy(self) -> bool:
         return self.directory.is_dir() and os.access(self.directory, os.R_OK)
 
+    def _write_lost(self, batches: List[Dict[str, Any]]) -> None:
+        """Lost requests' lines: to ``TSOBS_LOG_FILE`` if set, else the exporter's stdout."""
+        if self._emitter is None:
+            self._emitter = exporter_emitter()
+        self._emitter.emit(ledger.lost_request_records(batches))
+
+    def ledgers(self) -> List[ledger.Reading]:
+        """Every worker ledger, dead workers' settled on the way (one thread at a time)."""
+        with self._settling:
+            return list(ledger.read_all(self.directory, self._write_lost))
+
     def render(self, accept: str) -> Tuple[bytes, str]:
         encoder, content_type = choose_encoder(accept)
         started = time.perf_counter()
         self._live = heartbeat.live_workers(self.directory)
         workers = CollectorRegistry()
-        workers.register(WorkerFiles(self.directory, self._live))
+        workers.register(WorkerFiles(self.directory, self._live, self.ledgers()))
         body = encoder(workers)
         self._last_scrape_seconds = time.perf_counter() - started
         own = encoder(self._own)
         if body.endswith(b"# EOF\n"):  # OpenMetrics: one end marker, after both parts
             body = body[: -len(b"# EOF\n")]
         return body + own, content_type
+
+
+def exporter_emitter() -> logs.LogEmitter:
+    """Where the exporter writes the lines of requests it settles: the workers' sink when
+    ``TSOBS_LOG_FILE`` names one, else stdout."""
+    settings = Settings.from_env()
+    stream = None
+    if settings.log_file is not None:
+        settings.log_file.parent.mkdir(parents=True, exist_ok=True)
+        stream = open(settings.log_file, "a", encoding="utf-8")  # for the process lifetime
+    return logs.LogEmitter(settings, stream=stream)
+
+
+def settle_forever(source: MetricsSource, interval_s: float = SETTLE_INTERVAL_S) -> None:
+    """Settle dead workers' ledgers between scrapes too, so their lines are not late."""
+    while True:
+        time.sleep(interval_s)
+        try:
+            source.ledgers()
+        except Exception as err:  # keep settling; the next scrape reports the same failure
+            print(f"torchserve-obs exporter: settling failed: {err!r}", file=sys.stderr)
 
 
 def make_server(source: MetricsSource, host: str, port: int) -> ThreadingHTTPServer:
@@ -122,7 +197,9 @@ def make_server(source: MetricsSource, host: str, port: int) -> ThreadingHTTPSer
         def log_message(self, format: str, *args: Any) -> None:
             """Scrapes every few seconds would drown the exporter's own output."""
 
-    return ThreadingHTTPServer((host, port), Handler)
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.source = source  # type: ignore[attr-defined]
+    return server
 
 
 def exporter_service(
@@ -146,6 +223,9 @@ def run(args: argparse.Namespace) -> int:
         f"torchserve-obs exporter: serving {directory} on http://{args.host}:{server.server_port}/metrics",
         flush=True,
     )
+    threading.Thread(
+        target=settle_forever, args=(server.source,), name="tsobs-settle", daemon=True
+    ).start()
     try:
         server.serve_forever()
     finally:

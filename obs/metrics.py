@@ -19,7 +19,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from obs.gpu import GpuMemory
 from obs.settings import MULTIPROC_DIR_ENV
-from obs.signals import Label, Metrics, MetricSpec, Outcome, Stage
+from obs.signals import Label, Metrics, MetricSpec, Stage
 
 _identity: Dict[str, str] = {}
 
@@ -69,13 +69,15 @@ class ProcessInstruments:
 
 
 class ModelInstruments:
-    """The per-model metrics with their label children cached: the hot path only observes."""
+    """The per-model metrics with their label children cached: the hot path only observes.
+
+    Requests, worker starts and model loads are not here: they are counted in the worker's
+    ledger (:mod:`obs.ledger`), which stays exact when the worker is killed mid-batch.
+    """
 
     def __init__(self, model: str, version: str) -> None:
         self.model = model
         self.version = version
-        requests = create(Metrics.REQUESTS)
-        self.requests = {o: requests.labels(model, version, o) for o in Outcome.ALL}
         stage = create(Metrics.STAGE_DURATION)
         self.stage_seconds = {s: stage.labels(model, version, s) for s in Stage.TIMED}
         self.batch_size = create(Metrics.BATCH_SIZE).labels(model, version)
@@ -83,11 +85,6 @@ class ModelInstruments:
         self._errors = create(Metrics.ERRORS)
         self._error_children: Dict[Tuple[str, str], Any] = {}
         self.load_seconds = create(Metrics.MODEL_LOAD_DURATION).labels(model, version)
-        loads = create(Metrics.MODEL_LOADS)
-        self.loads = {
-            o: loads.labels(model, version, o) for o in (Outcome.SUCCESS, Outcome.SERVER_ERROR)
-        }
-        self.worker_starts = create(Metrics.WORKER_STARTS).labels(model, version)
         self._info = create(Metrics.MODEL_INFO)
         self.torch_mismatch = create(Metrics.TORCH_VERSION_MISMATCH).labels(model, version)
         self._gpu = {

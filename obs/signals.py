@@ -320,6 +320,11 @@ class Field:
     SPAN_ID = "span_id"
     OUTCOME = Label.OUTCOME
     STATUS = "status"
+    """HTTP status TorchServe answered. For a request lost with its worker (``reason``
+    ``worker_died``) it is 500: TorchServe answers those "Worker died." with 500, or 507 when
+    the frontend notices the death another way; the worker cannot tell which."""
+    REASON = "reason"
+    """Why a request got no answer from the handler: ``worker_died`` (see :class:`LostReason`)."""
     STAGE = Label.STAGE
     DURATION_MS = "duration_ms"
     PREPROCESS_MS = "preprocess_ms"
@@ -353,6 +358,7 @@ ECS_FIELDS: Dict[str, str] = {
     Field.SPAN_ID: "span.id",
     Field.OUTCOME: "event.outcome",
     Field.STATUS: "http.response.status_code",
+    Field.REASON: "event.reason",
     Field.WORKER: "torchserve.worker",
     Field.BATCH_ID: "torchserve.batch.id",
     Field.BATCH_SIZE: "torchserve.batch.size",

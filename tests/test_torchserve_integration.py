@@ -6,12 +6,14 @@ it, served by one TorchServe with two workers each and batch size 8.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Dict, List, Tuple
 
 import pytest
@@ -138,7 +140,22 @@ def _worker_died(response: Response) -> bool:
     return response.status in (500, 507) and b"Worker died." in response.body
 
 
-def test_worker_kill_keeps_counters_and_bounds_the_metrics_directory(torchserve, exporter) -> None:
+def all_completions(torchserve, exporter_log: Path) -> List[dict]:
+    """Completion lines of ``tiny`` from the workers (model_log) and from the exporter, which
+    writes the lines of the requests it settles for dead workers to its stdout."""
+    records = json_log_lines(torchserve.model_log)
+    if exporter_log.exists():
+        for line in exporter_log.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                records.append(json.loads(line))
+    return completions(records, MODEL_NAME)
+
+
+def test_worker_kill_counts_every_request_once_and_bounds_the_metrics_directory(
+    torchserve, exporter
+) -> None:
+    """Requests lost with a killed worker are counted (server_error, and lost) and logged
+    once each, by whoever settles the dead worker's ledger first."""
     metrics_dir = torchserve.workdir / "metrics"
     files_before = sorted(os.listdir(metrics_dir))
     start = scrape(exporter.metrics_url)
@@ -179,18 +196,44 @@ def test_worker_kill_keeps_counters_and_bounds_the_metrics_directory(torchserve,
             ), "a counter went backwards after a worker restart"
         previous = now
 
-    completed = [r for r in sent if not _worker_died(r)]
+    died = [r for r in sent if _worker_died(r)]
     end = scrape(exporter.metrics_url)
-    counted = total(end, REQUESTS, model_name=MODEL_NAME) - total(
-        start, REQUESTS, model_name=MODEL_NAME
-    )
-    assert counted == len(completed)
-    assert (
-        total(end, "tsobs_worker_starts_total", model_name=MODEL_NAME)
-        - total(start, "tsobs_worker_starts_total", model_name=MODEL_NAME)
-        == 2
-    )
+
+    def delta(name: str, **labels: str) -> float:
+        return total(end, name, model_name=MODEL_NAME, **labels) - total(
+            start, name, model_name=MODEL_NAME, **labels
+        )
+
+    statuses = Counter(r.status for r in sent if not _worker_died(r))
+    assert delta(REQUESTS) == len(sent)
+    assert delta(REQUESTS, outcome="success") == statuses[200]
+    assert delta(REQUESTS, outcome="server_error") == len(died) + statuses[503]
+    assert delta("tsobs_requests_lost_total", reason="worker_died") == len(died)
+    assert delta("tsobs_worker_starts_total") == 2
+    assert delta("tsobs_model_loads_total", outcome="success") == 2
+
+    ids = {r.request_id for r in sent}
+    assert None not in ids and len(ids) == len(sent)
+
+    def lines_by_id() -> Dict[str, List[dict]]:
+        by_id: Dict[str, List[dict]] = {}
+        for record in all_completions(torchserve, torchserve.workdir / "exporter.out"):
+            if record.get("request_id") in ids:
+                by_id.setdefault(record["request_id"], []).append(record)
+        return by_id if len(by_id) == len(ids) else {}
+
+    by_id = wait_for(lines_by_id, what="a completion line for every request, lost ones too")
+    for response in sent:
+        (line,) = by_id[response.request_id]
+        if _worker_died(response):
+            assert (line["outcome"], line["status"], line["reason"]) == (
+                "server_error",
+                500,
+                "worker_died",
+            )
+        else:
+            assert line["status"] == response.status and "reason" not in line
+
     assert sorted(os.listdir(metrics_dir)) == files_before
     assert total(end, "tsobs_workers", model_name=MODEL_NAME) == 2
-    metric_files = [name for name in files_before if name.endswith(".db")]
-    assert total(end, "tsobs_exporter_metrics_files") == len(metric_files)
+    assert total(end, "tsobs_exporter_metrics_files") == len(files_before)
