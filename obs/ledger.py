@@ -185,6 +185,7 @@ class Ledger:
         self._guard = threading.Lock()
         self.state = read_state(self._fd) or _new_state()
         self.settled = settle(self.state, lost_lines)
+        self.state["pid"] = self._pid
         _write(self._fd, self.state)
 
     def _counts(self, key: Key) -> Dict[str, Any]:
@@ -292,6 +293,11 @@ def read_all(directory: Path, lost_lines: LostLines) -> Iterator[Reading]:
             yield Reading(identity, state["counts"], False, settled)
         finally:
             os.close(fd)
+
+
+def read_file(path: Path) -> Optional[Dict[str, Any]]:
+    """A ledger's state, for reading only (never from the process that owns it)."""
+    return _read_unlocked(path)
 
 
 def _read_unlocked(path: Path) -> Optional[Dict[str, Any]]:

@@ -19,7 +19,9 @@ from typing import Dict, List, Tuple
 import pytest
 
 from handler_mixins.example.build import MODEL_NAME, PLAIN_MODEL_NAME
+from obs import ledger
 from obs.traffic import Request, Response, json_log_lines, json_request, predict, send_all
+from tests.conftest import start_exporter, start_torchserve
 from tests.support.traffic import completions, scrape, total, wait_for
 
 pytestmark = pytest.mark.torchserve
@@ -237,3 +239,54 @@ def test_worker_kill_counts_every_request_once_and_bounds_the_metrics_directory(
     assert sorted(os.listdir(metrics_dir)) == files_before
     assert total(end, "tsobs_workers", model_name=MODEL_NAME) == 2
     assert total(end, "tsobs_exporter_metrics_files") == len(files_before)
+
+
+def test_a_worker_killed_while_loading_counts_as_a_start_and_a_failed_load(
+    tmp_path: Path, model_store: Path
+) -> None:
+    """The OOM-at-load crash loop: a worker that dies inside ``initialize`` is a start and a
+    failed load, not nothing."""
+    server = start_torchserve(
+        tmp_path, model_store, 9450, models=(MODEL_NAME,), TINY_INITIALIZE_SLEEP_S="4"
+    )
+    exporter = start_exporter(tmp_path, tmp_path / "metrics")
+    try:
+        start = scrape(exporter.metrics_url)
+        ready = set(server.worker_pids(MODEL_NAME))
+        os.kill(sorted(ready)[0], signal.SIGKILL)
+
+        def loading_worker() -> int:
+            """The PID of a restarted worker once it is inside ``initialize``."""
+            for path in (tmp_path / "metrics").glob("ledger_*"):
+                state = ledger.read_file(path)
+                if state and state.get("loading") and state.get("pid") not in ready:
+                    return state["pid"]
+            return 0
+
+        os.kill(
+            wait_for(loading_worker, timeout=60, what="a restarted worker loading"), signal.SIGKILL
+        )
+        wait_for(lambda: server.ready_workers(MODEL_NAME) == 2, timeout=120, what="2 ready workers")
+        end = wait_for(
+            lambda: (
+                lambda s: (
+                    s
+                    if total(s, "tsobs_model_loads_total", outcome="server_error")
+                    > total(start, "tsobs_model_loads_total", outcome="server_error")
+                    else None
+                )
+            )(scrape(exporter.metrics_url)),
+            what="the failed load to be settled",
+        )
+
+        def delta(name: str, **labels: str) -> float:
+            return total(end, name, model_name=MODEL_NAME, **labels) - total(
+                start, name, model_name=MODEL_NAME, **labels
+            )
+
+        assert delta("tsobs_worker_starts_total") == 2  # the one killed loading, and the next
+        assert delta("tsobs_model_loads_total", outcome="server_error") == 1
+        assert delta("tsobs_model_loads_total", outcome="success") == 1
+    finally:
+        exporter.service.stop()
+        server.stop()
