@@ -21,8 +21,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, TypeVar
 from obs import heartbeat, ledger, logs
 from obs.context import ID_FIELDS, RequestIds, bind_batch, reset_batch
 from obs.gpu import IntervalSampler, read_cuda_memory
-from obs.metrics import ModelInstruments, ProcessInstruments, use_multiprocess_dir
-from obs.settings import Settings
+from obs.metrics import ModelInstruments, ProcessInstruments, use_memory_only, use_multiprocess_dir
+from obs.settings import MULTIPROC_DIR_ENV, Problem, Settings, report
 from obs.signals import STAGE_FIELDS, Field, Outcome, Stage, exception_label
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -120,8 +120,15 @@ class Observer:
 
     def __init__(self, handler: Any, context: Any, settings: Settings) -> None:
         self.worker = worker_identity()
-        use_multiprocess_dir(settings.metrics_dir, self.worker)
-        self.process = ProcessInstruments()
+        problems = list(settings.problems)
+        metrics_off = "metrics and request counts are off; logs are still written"
+        try:
+            use_multiprocess_dir(settings.metrics_dir, self.worker)
+            self.process = ProcessInstruments()
+        except OSError as err:
+            problems.append(_dir_problem(settings, err, metrics_off))
+            use_memory_only()
+            self.process = ProcessInstruments()
         self.emitter = logs.configure(settings, on_drop=self.process.count_dropped)
         logs.route_to_json((type(handler).__module__, *settings.json_loggers))
         self.model = str(getattr(context, "model_name", None) or "unknown")
@@ -131,7 +138,14 @@ class Observer:
         self.max_batch_size = int(properties.get("batch_size") or 1)
         self.metrics = ModelInstruments(self.model, self.version)
         self.key = ledger.model_key(self.model, self.version)
-        self.ledger = ledger.open_ledger(settings.metrics_dir, self.worker, self.write_lost)
+        self.ledger: Any = _NoLedger()
+        if not problems or problems[-1].variable != MULTIPROC_DIR_ENV:
+            try:
+                self.ledger = ledger.open_ledger(settings.metrics_dir, self.worker, self.write_lost)
+            except OSError as err:
+                problems.append(_dir_problem(settings, err, metrics_off))
+        for _problem in report(problems):
+            self.process.count_internal_error("settings")
         self.handler_name = f"{type(handler).__module__}.{type(handler).__qualname__}"
         self._properties = properties
         self._settings = settings
@@ -149,6 +163,7 @@ class Observer:
         device = getattr(handler, "device", None)
         if (
             torch is None
+            or self._settings.gpu_sample_interval_s is None
             or getattr(device, "type", None) != "cuda"
             or not torch.cuda.is_available()
         ):
@@ -350,6 +365,27 @@ class Observer:
             record[Field.STATUS] = statuses[index]
             records.append(record)
         self.emitter.emit(records)
+
+
+class _NoLedger:
+    """Stands in for the ledger when the metrics directory cannot be used."""
+
+    def start(self, key: str) -> None:
+        pass
+
+    def loaded(self, key: str, ok: bool) -> None:
+        pass
+
+    def begin(self, batch_id: str, key: str, record: Dict[str, Any]) -> None:
+        pass
+
+    def finish(self, batch_id: str, key: str, outcomes: Sequence[int]) -> None:
+        pass
+
+
+def _dir_problem(settings: Settings, err: OSError, disabled: str) -> Problem:
+    why = f"cannot be used ({err.strerror or err})"
+    return Problem(MULTIPROC_DIR_ENV, str(settings.metrics_dir), why, disabled)
 
 
 def _error_fields(error: BaseException) -> Dict[str, Any]:

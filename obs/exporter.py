@@ -24,7 +24,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from obs import heartbeat, ledger, logs
 from obs.services import Service
-from obs.settings import Settings, metrics_dir_from_env
+from obs.settings import Settings, metrics_dir_from_env, report
 from obs.signals import DEFAULT_PORTS, LostReason, Metrics, Outcome
 
 HEALTH_PATH = "/-/healthy"
@@ -108,7 +108,7 @@ class MetricsSource:
         """The exporter's own gauges, computed at scrape time (prometheus_client collector)."""
         files = Metrics.EXPORTER_METRICS_FILES
         yield GaugeMetricFamily(
-            files.name, files.help, value=sum(1 for p in self.directory.iterdir() if p.is_file())
+            files.name, files.help, value=count_files(self.directory)
         )
         duration = Metrics.EXPORTER_SCRAPE_DURATION
         yield GaugeMetricFamily(duration.name, duration.help, value=self._last_scrape_seconds)
@@ -119,8 +119,21 @@ class MetricsSource:
             workers.add_metric(labels, count)
         yield workers
 
+    def problem(self) -> Optional[str]:
+        """Why this exporter cannot do its job with its directory, or None."""
+        if not self.directory.is_dir():
+            return f"metrics directory {self.directory} does not exist"
+        if not os.access(self.directory, os.R_OK | os.X_OK):
+            return f"metrics directory {self.directory} is not readable"
+        if not os.access(self.directory, os.W_OK):
+            return (
+                f"metrics directory {self.directory} is not writable: dead workers' "
+                "in-flight requests cannot be settled"
+            )
+        return None
+
     def healthy(self) -> bool:
-        return self.directory.is_dir() and os.access(self.directory, os.R_OK)
+        return self.problem() is None
 
     def _write_lost(self, batches: List[Dict[str, Any]]) -> None:
         """Lost requests' lines: to ``TSOBS_LOG_FILE`` if set, else the exporter's stdout."""
@@ -147,13 +160,20 @@ class MetricsSource:
         return body + own, content_type
 
 
+def count_files(directory: Path) -> int:
+    try:
+        return sum(1 for path in directory.iterdir() if path.is_file())
+    except OSError:  # gone or unreadable: the health endpoint says which
+        return 0
+
+
 def exporter_emitter() -> logs.LogEmitter:
     """Where the exporter writes the lines of requests it settles: the workers' sink when
     ``TSOBS_LOG_FILE`` names one, else stdout."""
     settings = Settings.from_env()
+    report(settings.problems)
     stream = None
     if settings.log_file is not None:
-        settings.log_file.parent.mkdir(parents=True, exist_ok=True)
         stream = open(settings.log_file, "a", encoding="utf-8")  # for the process lifetime
     return logs.LogEmitter(settings, stream=stream)
 
@@ -176,11 +196,10 @@ def make_server(source: MetricsSource, host: str, port: int) -> ThreadingHTTPSer
                 body, content_type = source.render(self.headers.get("Accept", ""))
                 self._reply(200, body, content_type)
             elif path == HEALTH_PATH:
-                ok = source.healthy()
-                message = (
-                    "OK\n" if ok else f"metrics directory {source.directory} is not readable\n"
-                )
-                self._reply(200 if ok else 503, message.encode(), "text/plain; charset=utf-8")
+                problem = source.problem()
+                message = "OK\n" if problem is None else f"{problem}\n"
+                status = 200 if problem is None else 503
+                self._reply(status, message.encode(), "text/plain; charset=utf-8")
             elif path == "/":
                 page = f"torchserve-obs exporter: /metrics, {HEALTH_PATH}\n"
                 self._reply(200, page.encode(), "text/plain; charset=utf-8")
@@ -214,7 +233,13 @@ def run(args: argparse.Namespace) -> int:
     from obs.errors import UsageError
 
     directory = Path(args.metrics_dir) if args.metrics_dir else metrics_dir_from_env()
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"metrics directory {directory}: {err.strerror or err}") from None
+    problem = MetricsSource(directory).problem()
+    if problem is not None:
+        raise UsageError(problem)
     try:
         server = make_server(MetricsSource(directory), args.host, args.port)
     except OSError as err:

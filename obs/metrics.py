@@ -38,6 +38,16 @@ def use_multiprocess_dir(directory: Path, identity: str) -> None:
     _identity["value"] = identity
 
 
+def use_memory_only() -> None:
+    """Keep metric values in memory, written nowhere: the metrics directory is unusable.
+
+    prometheus_client picks multi-process values at import when ``PROMETHEUS_MULTIPROC_DIR``
+    is set, and would then fail to create its files there.
+    """
+    values.ValueClass = values.MutexValue
+    _identity.pop("value", None)
+
+
 def create(spec: MetricSpec) -> MetricWrapperBase:
     """The prometheus_client object for ``spec``, unregistered: the exporter reads the files."""
     common: Dict[str, Any] = {

@@ -139,3 +139,35 @@ def test_gauges_of_dead_workers_drop_out_and_live_workers_are_counted(tmp_path: 
     assert total(samples, "tsobs_workers", model_name="m", model_version="2.0") == 2
     assert total(samples, "tsobs_workers", model_version="1.0") == 0
     assert total(samples, "tsobs_requests_total") == 9  # counters keep the retired worker's
+
+
+def test_a_bad_directory_is_a_one_line_error(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "obs.cli",
+            "exporter",
+            "--metrics-dir",
+            str(tmp_path / "a-file" / "m"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1 and "a-file" in result.stderr
+
+
+def test_health_says_what_is_wrong_when_the_directory_goes(tmp_path: Path) -> None:
+    directory = tmp_path / "metrics"
+    run_worker(directory, "w9000", 1)
+    source = MetricsSource(directory)
+    assert source.problem() is None
+    for path in directory.iterdir():
+        path.unlink()
+    directory.rmdir()
+    assert "does not exist" in source.problem()
+    body = source.render("")[0].decode()  # still answers, with its own gauges
+    assert "tsobs_exporter_metrics_files 0.0" in body

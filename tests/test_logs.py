@@ -113,15 +113,39 @@ def test_shipper_delivers_records_unchanged() -> None:
     assert set(receiver.tags) == {"torchserve"}
 
 
-def test_bad_settings_are_refused_with_the_variable_named() -> None:
-    import pytest
+def test_a_bad_setting_disables_only_what_it_configures(capsys, tmp_path, monkeypatch) -> None:
+    (tmp_path / "a-file").write_text("")  # a file where the log file's folder should be
+    settings = Settings.from_env(
+        {
+            "TSOBS_FLUENT_HOST": "127.0.0.1",
+            "TSOBS_FLUENT_PORT": "abc",
+            "TSOBS_LOG_FIELDS": "splunk",
+            "TSOBS_GPU_SAMPLE_INTERVAL_S": "-1",
+            "TSOBS_LOG_FILE": str(tmp_path / "a-file" / "x.log"),
+        }
+    )
+    assert settings.fluent_host is None and settings.gpu_sample_interval_s is None
+    assert settings.log_fields == "otel" and settings.log_file is None
+    messages = [p.message() for p in settings.problems]
+    assert len(messages) == 4
+    for variable, value, disabled in (
+        ("TSOBS_FLUENT_PORT", "'abc'", "Fluentd shipping is off"),
+        ("TSOBS_LOG_FIELDS", "'splunk'", "field names are otel"),
+        ("TSOBS_GPU_SAMPLE_INTERVAL_S", "'-1'", "GPU memory is not sampled"),
+        ("TSOBS_LOG_FILE", "a-file", "JSON lines go to stdout"),
+    ):
+        (message,) = [m for m in messages if m.startswith(f"torchserve-obs: {variable}=")]
+        assert value in message and disabled in message
+    from obs.settings import report
 
-    from obs.settings import SettingsError
-
-    with pytest.raises(SettingsError, match="TSOBS_FLUENT_PORT"):
-        Settings.from_env({"TSOBS_FLUENT_PORT": "abc"})
-    with pytest.raises(SettingsError, match="TSOBS_LOG_FIELDS"):
-        Settings.from_env({"TSOBS_LOG_FIELDS": "splunk"})
+    report(settings.problems)
+    report(Settings.from_env({"TSOBS_FLUENT_PORT": "abc"}).problems)
+    said = capsys.readouterr().err
+    assert said.count("TSOBS_FLUENT_PORT") == 1  # once per process
+    monkeypatch.setenv("TSOBS_FLUENT_PORT", "abc")
+    monkeypatch.setenv("TSOBS_GPU_SAMPLE_INTERVAL_S", "-1")
+    monkeypatch.setenv("TSOBS_LOG_LEVEL", "loud")
+    logs.get_logger("user").info("still logging")  # never raises into the handler
 
 
 SHUTDOWN_WORKER = """

@@ -290,3 +290,49 @@ def test_a_worker_killed_while_loading_counts_as_a_start_and_a_failed_load(
     finally:
         exporter.service.stop()
         server.stop()
+
+
+@pytest.mark.parametrize("unusable_dir", [False, True], ids=["bad-values", "unusable-metrics-dir"])
+def test_bad_settings_never_reach_a_request(
+    tmp_path: Path, model_store: Path, unusable_dir: bool
+) -> None:
+    """Bad values disable only what they configure, are said once per worker on stderr, and
+    are counted where a metric can still be written."""
+    env = {"TSOBS_FLUENT_HOST": "127.0.0.1", "TSOBS_FLUENT_PORT": "abc"}
+    env["TSOBS_GPU_SAMPLE_INTERVAL_S"] = "-1"
+    if unusable_dir:
+        (tmp_path / "a-file").write_text("")
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "a-file" / "metrics")
+    server = start_torchserve(tmp_path, model_store, 9500, models=(MODEL_NAME,), **env)
+    try:
+        responses = send_all(
+            server.ports.inference_url, MODEL_NAME, [json_request([1, 2, 3, 4])] * 12
+        )
+        assert [r.status for r in responses] == [200] * 12
+        ids = {r.request_id for r in responses}
+        wait_for(
+            lambda: (
+                ids
+                <= {
+                    r.get("request_id")
+                    for r in completions(json_log_lines(server.model_log), MODEL_NAME)
+                }
+            ),
+            what="completion lines: logs stay on",
+        )
+        said = server.model_log.read_text()
+        assert said.count("TSOBS_FLUENT_PORT='abc' is not an integer; Fluentd shipping is off") == 2
+        assert said.count("TSOBS_GPU_SAMPLE_INTERVAL_S='-1'") == 2  # once per worker
+        if unusable_dir:
+            assert said.count("PROMETHEUS_MULTIPROC_DIR=") == 2
+            assert "metrics and request counts are off; logs are still written" in said
+        else:
+            exporter = start_exporter(tmp_path, tmp_path / "metrics")
+            try:
+                samples = scrape(exporter.metrics_url)
+                assert total(samples, "tsobs_internal_errors_total", component="settings") == 4
+                assert total(samples, REQUESTS, model_name=MODEL_NAME, outcome="success") == 12
+            finally:
+                exporter.service.stop()
+    finally:
+        server.stop()
