@@ -11,11 +11,14 @@ counted in ``tsobs_internal_errors_total`` and otherwise ignored.
 from __future__ import annotations
 
 import functools
+import inspect
 import itertools
 import os
 import sys
 import threading
 import time
+import types
+from contextvars import ContextVar
 from typing import Any, Callable, Dict, List, Optional, Sequence, TypeVar
 
 from obs import heartbeat, ledger, logs
@@ -27,7 +30,7 @@ from obs.signals import STAGE_FIELDS, Field, Outcome, Stage, exception_label
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_ACTIVE_HANDLE = "_tsobs_in_handle"
+_INSTALLED_HANDLE = "_tsobs_installed_handle"
 _ACTIVE_INITIALIZE = "_tsobs_in_initialize"
 _OBSERVER = "_tsobs_observer"
 _WRAPPED = "_tsobs_wrapped"
@@ -94,6 +97,7 @@ class _Batch:
 
     __slots__ = (
         "counts",
+        "current_token",
         "failed_stage",
         "fields",
         "ids",
@@ -110,6 +114,7 @@ class _Batch:
         self.token = token
         self.stage_seconds: Dict[str, float] = {}
         self.failed_stage: Optional[str] = None
+        self.current_token: Any = None
         self.counts: Optional[List[int]] = None
         """Requests per outcome once known; None until then, and again once in the ledger."""
         self.started = time.perf_counter()
@@ -153,10 +158,12 @@ class Observer:
         self._heartbeat: Optional[threading.Thread] = None
         """Set once the model is loaded: only then does the handler know its device."""
         self.current: Optional[_Batch] = None
+        """The batch most recently begun: what stages run in threads of their own (TorchServe's
+        MicroBatching) are timed into. Concurrent async batches use :data:`_current_batch`."""
         self._log = logs.get_logger(
             model_name=self.model, model_version=self.version, worker=self.worker
         )
-        self.wrap_stages(handler)
+        wrap_stages(handler)
 
     def _gpu_sampler(self, handler: Any) -> Optional[IntervalSampler]:
         torch = sys.modules.get("torch")
@@ -231,35 +238,6 @@ class Observer:
                 self._settings.metrics_dir, self.worker, self.model, self.version
             )
 
-    def wrap_stages(self, handler: Any) -> None:
-        """Time the stages on the instance, so the most-derived override is what is timed."""
-        for stage in (Stage.PREPROCESS, Stage.INFERENCE, Stage.POSTPROCESS):
-            method = getattr(handler, stage, None)
-            if method is not None and not getattr(method, _WRAPPED, False):
-                setattr(handler, stage, self._timed_stage(stage, method))
-
-    def _timed_stage(self, stage: str, method: Callable[..., Any]) -> Callable[..., Any]:
-        clock = time.perf_counter
-
-        @functools.wraps(method)
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            batch = self.current
-            started = clock()
-            try:
-                return method(*args, **kwargs)
-            except BaseException:
-                if batch is not None and batch.failed_stage is None:
-                    batch.failed_stage = stage
-                raise
-            finally:
-                if batch is not None:
-                    batch.stage_seconds[stage] = (
-                        batch.stage_seconds.get(stage, 0.0) + clock() - started
-                    )
-
-        setattr(timed, _WRAPPED, True)
-        return timed
-
     # Batches --------------------------------------------------------------------------
 
     def begin(self, data: Any, context: Any) -> _Batch:
@@ -287,6 +265,7 @@ class Observer:
             {"b": batch_id, "w": self.worker, "s": size, "r": [list(i) for i in ids]},
         )
         batch = _Batch(fields, ids, bind_batch(fields))
+        batch.current_token = _current_batch.set(batch)
         self.current = batch
         return batch
 
@@ -296,8 +275,10 @@ class Observer:
         try:
             self._finish(batch, context, result, error)
         finally:
-            self.current = None
+            if self.current is batch:
+                self.current = None
             reset_batch(batch.token)
+            _current_batch.reset(batch.current_token)
             if batch.counts is not None:  # the lines failed: the counts must not
                 self.ledger.finish(batch.fields[Field.BATCH_ID], self.key, batch.counts)
 
@@ -414,6 +395,71 @@ def _expected_torch_version(context: Any) -> Optional[str]:
     return str(declared) if declared else None
 
 
+_current_batch: ContextVar[Optional[_Batch]] = ContextVar("tsobs_current_batch", default=None)
+"""The batch of this thread or asyncio task: async handlers run several batches at once."""
+_handling: ContextVar[Any] = ContextVar("tsobs_handling", default=None)
+"""The handler whose ``handle`` this thread or task is inside, so an override that calls
+``super().handle`` is observed once; per task, since async batches interleave."""
+
+
+def _batch_of(handler: Any) -> Optional[_Batch]:
+    batch = _current_batch.get()
+    if batch is None:  # a thread of the handler's own, e.g. MicroBatching's stage threads
+        observer = handler.__dict__.get(_OBSERVER)
+        batch = observer.current if observer else None
+    return batch
+
+
+def wrap_stages(handler: Any) -> None:
+    """Time the stages on the instance, so the most-derived override is what is timed."""
+    for stage in (Stage.PREPROCESS, Stage.INFERENCE, Stage.POSTPROCESS):
+        method = getattr(handler, stage, None)
+        if method is not None and not getattr(method, _WRAPPED, False):
+            setattr(handler, stage, _timed_stage(handler, stage, method))
+
+
+def _timed_stage(handler: Any, stage: str, method: Callable[..., Any]) -> Callable[..., Any]:
+    clock = time.perf_counter
+
+    def account(batch: Optional[_Batch], started: float, failed: bool) -> None:
+        if batch is not None:
+            if failed and batch.failed_stage is None:
+                batch.failed_stage = stage
+            batch.stage_seconds[stage] = batch.stage_seconds.get(stage, 0.0) + clock() - started
+
+    if inspect.iscoroutinefunction(method):
+
+        @functools.wraps(method)
+        async def timed_async(*args: Any, **kwargs: Any) -> Any:
+            batch = _batch_of(handler)
+            started = clock()
+            failed = True
+            try:
+                result = await method(*args, **kwargs)
+                failed = False
+                return result
+            finally:
+                account(batch, started, failed)
+
+        setattr(timed_async, _WRAPPED, True)
+        return timed_async
+
+    @functools.wraps(method)
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        batch = _batch_of(handler)
+        started = clock()
+        failed = True
+        try:
+            result = method(*args, **kwargs)
+            failed = False
+            return result
+        finally:
+            account(batch, started, failed)
+
+    setattr(timed, _WRAPPED, True)
+    return timed
+
+
 def _observer(handler: Any, context: Any) -> Optional[Observer]:
     """The handler's observer, created on first use; None if it cannot be (counted nowhere:
     without an observer there is no metrics file to count in, so it is logged to stderr)."""
@@ -455,15 +501,42 @@ def _observed_initialize(initialize: F) -> F:
 
 
 def _observed_handle(handle: F) -> F:
+    """``handle`` observed: one batch begun and finished per outermost call, also when it is
+    ``async def`` (TorchServe's async worker awaits it)."""
+    if inspect.iscoroutinefunction(handle):
+
+        @functools.wraps(handle)
+        async def async_wrapper(
+            self: Any, data: Any, context: Any, *args: Any, **kwargs: Any
+        ) -> Any:
+            observer = None if _handling.get() is self else _observer(self, context)
+            if observer is None:
+                return await handle(self, data, context, *args, **kwargs)
+            batch = observer.contain("begin", observer.begin, data, context)
+            token = _handling.set(self)
+            result: Any = None
+            error: Optional[BaseException] = None
+            try:
+                result = await handle(self, data, context, *args, **kwargs)
+                return result
+            except BaseException as raised:
+                error = raised
+                raise
+            finally:
+                _handling.reset(token)
+                if batch is not None:
+                    observer.contain("finish", observer.finish, batch, context, result, error)
+
+        setattr(async_wrapper, _WRAPPED, True)
+        return async_wrapper  # type: ignore[return-value]
+
     @functools.wraps(handle)
     def wrapper(self: Any, data: Any, context: Any, *args: Any, **kwargs: Any) -> Any:
-        if self.__dict__.get(_ACTIVE_HANDLE):
-            return handle(self, data, context, *args, **kwargs)
-        observer = _observer(self, context)
+        observer = None if _handling.get() is self else _observer(self, context)
         if observer is None:
             return handle(self, data, context, *args, **kwargs)
         batch = observer.contain("begin", observer.begin, data, context)
-        self.__dict__[_ACTIVE_HANDLE] = True
+        token = _handling.set(self)
         result: Any = None
         error: Optional[BaseException] = None
         try:
@@ -473,7 +546,7 @@ def _observed_handle(handle: F) -> F:
             error = raised
             raise
         finally:
-            self.__dict__[_ACTIVE_HANDLE] = False
+            _handling.reset(token)
             if batch is not None:
                 observer.contain("finish", observer.finish, batch, context, result, error)
 
@@ -481,23 +554,72 @@ def _observed_handle(handle: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-_WRAPPERS = {"initialize": _observed_initialize, "handle": _observed_handle}
+def _observed_callable(handler: Any, value: Any) -> Any:
+    """A ``handle`` installed on the instance (``self.handle = MicroBatching(self)``),
+    observed like a class-level one."""
+    if getattr(value, _WRAPPED, False) or not callable(value):
+        return value
+    call = type(value).__call__  # a callable object: its method may be async
+    if inspect.iscoroutinefunction(value) or inspect.iscoroutinefunction(call):
+
+        async def forward_async(_self: Any, data: Any, context: Any, *a: Any, **kw: Any) -> Any:
+            return await value(data, context, *a, **kw)
+
+        return types.MethodType(_observed_handle(forward_async), handler)
+
+    def forward(_self: Any, data: Any, context: Any, *a: Any, **kw: Any) -> Any:
+        return value(data, context, *a, **kw)
+
+    return types.MethodType(_observed_handle(forward), handler)
+
+
+class _ObservedHandle:
+    """``handle`` on the mixin and its subclasses, as a data descriptor: a handler that puts
+    its own ``handle`` on the instance, as TorchServe's micro-batching does in ``__init__``,
+    gets it observed too, instead of shadowing the observed one."""
+
+    def __init__(self, func: Callable[..., Any]) -> None:
+        self.func = func
+        functools.update_wrapper(self, func)  # type: ignore[arg-type]
+
+    def __get__(self, obj: Any, objtype: Any = None) -> Any:
+        if obj is None:
+            return self.func
+        installed = obj.__dict__.get(_INSTALLED_HANDLE)
+        return installed if installed is not None else self.func.__get__(obj, objtype)
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj.__dict__[_INSTALLED_HANDLE] = _observed_callable(obj, value)
+
+    def __delete__(self, obj: Any) -> None:
+        obj.__dict__.pop(_INSTALLED_HANDLE, None)
 
 
 class ObservabilityMixin:
     """Adds request-scoped JSON logs and Prometheus metrics to a TorchServe handler."""
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        """Stages are wrapped before ``__init__`` runs, so what ``__init__`` hands them to
+        (TorchServe's MicroBatching starts its stage threads there) gets the timed ones."""
+        handler = super().__new__(cls)
+        wrap_stages(handler)
+        return handler
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        for name, wrap in _WRAPPERS.items():
-            method = cls.__dict__.get(name)
-            if callable(method) and not getattr(method, _WRAPPED, False):
-                setattr(cls, name, wrap(method))
+        initialize = cls.__dict__.get("initialize")
+        if callable(initialize) and not getattr(initialize, _WRAPPED, False):
+            cls.initialize = _observed_initialize(initialize)  # type: ignore[method-assign]
+        handle = cls.__dict__.get("handle")
+        if callable(handle) and not getattr(handle, _WRAPPED, False):
+            cls.handle = _ObservedHandle(_observed_handle(handle))  # type: ignore[assignment]
 
     @_observed_initialize
     def initialize(self, context: Any) -> Any:
         return super().initialize(context)  # type: ignore[misc]
 
-    @_observed_handle
-    def handle(self, data: Any, context: Any) -> Any:
+    def _handle(self, data: Any, context: Any) -> Any:
         return super().handle(data, context)  # type: ignore[misc]
+
+    handle = _ObservedHandle(_observed_handle(_handle))
+    del _handle
