@@ -197,3 +197,53 @@ def test_huge_exceptions_are_cut_to_a_bounded_line(monkeypatch) -> None:
         assert record["exception"].startswith("[truncated]") and record["exception"].endswith(
             "the end"
         )
+
+
+BUSY_WORKER = """
+import os, sys
+from pathlib import Path
+from obs import logs
+from obs.metrics import ModelInstruments, ProcessInstruments, use_multiprocess_dir
+from obs.settings import Settings
+use_multiprocess_dir(Path(sys.argv[1]), "w9000")
+process = ProcessInstruments()
+metrics = ModelInstruments("m", "1")
+emitter = logs.configure(Settings.from_env(), on_drop=process.count_dropped, stream=open(os.devnull, "w"))
+print("busy", flush=True)
+while True:  # a worker in inference: metric writes hold prometheus_client's lock all the time
+    for _ in range(50):
+        metrics.stage_seconds["inference"].observe(0.01)
+        process.count_dropped("queue_full", 0)
+    emitter.emit([{"event": "request_completed"}])
+"""
+
+
+def test_sigterm_never_hangs_a_busy_worker(tmp_path) -> None:
+    """20 rounds: SIGTERM lands anywhere in a worker busy writing metrics and lines; each
+    exits within 3 s (the handler used to deadlock on prometheus_client's lock)."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TSOBS_FLUENT_HOST": "127.0.0.1", "TSOBS_FLUENT_PORT": str(free_port())}
+    rng = random.Random(6)
+    for round_ in range(20):
+        worker = subprocess.Popen(
+            [sys.executable, "-c", BUSY_WORKER, str(tmp_path / str(round_))],
+            env=env,
+            stdout=subprocess.PIPE,
+        )
+        assert worker.stdout is not None and worker.stdout.readline() == b"busy\n"
+        time.sleep(rng.uniform(0.05, 0.4))
+        worker.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        try:
+            code = worker.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+            raise AssertionError(f"round {round_}: still alive 3 s after SIGTERM") from None
+        assert code == -signal.SIGTERM, (round_, code)
+        assert time.monotonic() - signalled < 3
