@@ -2,8 +2,13 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# Python 3.9 is what the official TorchServe 0.12 images run; the py39 check installs there.
-# The tests that need neither TorchServe nor torch, run on 3.9 with what its resolver picked.
+# pip's choice of torch 2.13.0: from the public index on Linux x86_64 it is the CUDA build
+# (several GB with its nvidia-* packages); a CPU-only host wants the CPU build:
+#   make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
+# Python 3.9 is what the official TorchServe 0.12 images run. With a 3.9 interpreter the py39
+# check installs there and runs the tests that need neither TorchServe nor torch; without one
+# (`make test PYTHON39=`, or none found) it checks the 3.9 resolver, syntax and stdlib use.
 PY39_TESTS := tests/test_context.py tests/test_signals.py tests/test_logs.py tests/test_exporter.py
 PYTHON39 ?= $(firstword $(wildcard /root/.pyenv/versions/3.9*/bin/python3.9 /usr/bin/python3.9 /usr/local/bin/python3.9))
 
@@ -12,8 +17,12 @@ PYTHON39 ?= $(firstword $(wildcard /root/.pyenv/versions/3.9*/bin/python3.9 /usr
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	# torch pinned: a plain `torch` requirement pulls a multi-GB CUDA build.
-	$(BIN)/python -m pip install -q torch==2.13.0 -e '.[torchserve,generate,dev]'
+	@echo "== installing torch 2.13.0, TorchServe 0.12 and this package (a few minutes: torch is about 200 MB as a CPU build, several GB as a CUDA build)"
+	$(BIN)/python -m pip install torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	# compat mode: the checkout goes on sys.path (a .pth), and setuptools prints no warning box.
+	$(BIN)/python -m pip install --config-settings editable_mode=compat \
+	    -e '.[torchserve,generate,dev]'
+	@$(BIN)/python -c 'import torch; print("== torch", torch.__version__, "(CUDA " + str(torch.version.cuda) + ")" if torch.version.cuda else "(CPU build)")'
 	touch $@
 
 setup: $(BIN)/.installed
@@ -30,13 +39,8 @@ stack-down: setup
 lint: setup
 	$(BIN)/ruff check .
 
-py39:
-	@test -n "$(PYTHON39)" || { echo "py39: no python3.9 found; set PYTHON39=/path/to/python3.9"; exit 1; }
-	rm -rf .venv39 && $(PYTHON39) -m venv .venv39
-	.venv39/bin/python -m pip install -q --upgrade pip
-	# A real 3.9 resolver: pip refuses any dependency release whose Requires-Python excludes 3.9.
-	.venv39/bin/python -m pip install -q '.' 'pytest>=7'
-	.venv39/bin/python -m pytest -q -p no:cacheprovider $(PY39_TESTS)
+py39: setup
+	$(BIN)/python .ci/py39.py --python "$(PYTHON39)" --extras torchserve,generate --tests $(PY39_TESTS)
 
 generate: setup
 	$(BIN)/torchserve-obs generate --out .

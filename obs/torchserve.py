@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional
 
+from obs.errors import install_hint
 from obs.services import Service, free_port, http_get, wait_until_http_ok
 
 LOOPBACK = "127.0.0.1"
@@ -75,9 +76,7 @@ def torchserve_binary() -> str:
     beside = Path(sys.executable).parent / "torchserve"
     found = str(beside) if beside.exists() else shutil.which("torchserve")
     if not found:
-        raise FileNotFoundError(
-            "torchserve is not installed: pip install 'torchserve-obs[torchserve]'"
-        )
+        raise FileNotFoundError(f"torchserve is not installed: {install_hint('torchserve')}")
     return found
 
 

@@ -9,7 +9,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 LOG_MARKER = " MODEL_LOG - "
 
@@ -56,14 +56,19 @@ def json_request(payload: Any, headers: Optional[Mapping[str, str]] = None) -> R
     return Request(json.dumps(payload).encode(), dict(headers or {}))
 
 
-def json_log_lines(model_log: Path) -> List[Dict[str, Any]]:
-    """The JSON objects among the worker output lines in TorchServe's model_log.log."""
-    records = []
+def json_log_entries(model_log: Path) -> List[Tuple[str, Dict[str, Any]]]:
+    """Each line of TorchServe's model_log.log that carries a worker's JSON object, with it."""
+    entries = []
     for line in model_log.read_text(errors="replace").splitlines():
         _, found, message = line.partition(LOG_MARKER)
         if found and message.startswith("{"):
             try:
-                records.append(json.loads(message))
+                entries.append((line, json.loads(message)))
             except ValueError:
                 continue
-    return records
+    return entries
+
+
+def json_log_lines(model_log: Path) -> List[Dict[str, Any]]:
+    """The JSON objects among the worker output lines in TorchServe's model_log.log."""
+    return [record for _, record in json_log_entries(model_log)]

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import re
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Dict
 
 import jsonschema
 import pytest
+import tomllib
 import yaml
 
-from obs.errors import UsageError
+from obs.errors import UsageError, install_hint
 from obs.generate import config, register, run, torchserve, writers
 from tests.support.paths import REPO, SCHEMAS
 
@@ -82,11 +87,76 @@ def test_bad_config_is_refused_naming_the_key_and_writes_nothing(
     assert not (tmp_path / "out").exists()
 
 
+def test_every_config_problem_is_reported_in_one_run_with_its_value(tmp_path: Path) -> None:
+    """Seven mistakes, one run: each names its key and the value found there."""
+    cfg_text = """
+colour: blue
+rate_window: five minutes
+min_request_rate: -1
+slo:
+  availability: 1.5
+  latency: {threshold_seconds: 0.3}
+dashboards: {uid_prefix: Has Spaces}
+alerts:
+  TorchServeModelErrorRatioHigh: {threshold: high, severity: page}
+"""
+    with pytest.raises(UsageError) as refused:
+        _generate(tmp_path, cfg_text)
+    message = str(refused.value)
+    assert message.startswith("8 problems in the config:")
+    for key, value in [
+        ("colour", "unknown key"),
+        ("rate_window", "'five minutes'"),
+        ("min_request_rate", "-1"),
+        ("slo.availability", "1.5"),
+        ("slo.latency.threshold_seconds", "0.3"),
+        ("dashboards.uid_prefix", "'Has Spaces'"),
+        ("alerts.TorchServeModelErrorRatioHigh.threshold", "'high'"),
+        ("alerts.TorchServeModelErrorRatioHigh.severity", "'page'"),
+    ]:
+        assert re.search(rf"^  {re.escape(key)}: .*{re.escape(value)}", message, re.M), (
+            key,
+            message,
+        )
+    assert not (tmp_path / "out").exists()
+
+
 def test_register_adds_the_generate_command() -> None:
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
     args = parser.parse_args(["generate", "--out", "x", "--config", "c.yaml"])
     assert args.func is run and args.out == Path("x") and args.config == Path("c.yaml")
+
+
+def test_missing_extra_hint_names_installable_requirements(tmp_path: Path) -> None:
+    """After ``pip install .`` the hint must not send pip looking for torchserve-obs on an index."""
+    blocked = (
+        "import sys; sys.modules['grafanalib'] = None; from obs.cli import main; "
+        f"sys.exit(main(['generate', '--out', {str(tmp_path / 'out')!r}]))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", blocked], capture_output=True, text=True, cwd=tmp_path, check=False
+    )
+    assert result.returncode == 2, result.stderr
+    hint = result.stderr.split("grafanalib is missing: ", 1)[1].strip()
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    wanted = declared["optional-dependencies"]["generate"]
+    assert shlex.split(hint)[:2] == ["pip", "install"] and "torchserve-obs[" not in hint
+    assert {_normalise(r) for r in shlex.split(hint)[2:]} == {_normalise(r) for r in wanted}
+
+
+def _normalise(requirement: str) -> str:
+    """A requirement with its version clauses sorted, as metadata may reorder them."""
+    name, spec = re.match(r"([A-Za-z0-9_.-]+)(.*)", requirement.replace(" ", "")).groups()  # type: ignore[union-attr]
+    return name.lower() + ",".join(sorted(spec.split(",")))
+
+
+def test_missing_extra_hint_from_an_uninstalled_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
+    def not_installed(name: str) -> None:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "requires", not_installed)
+    assert install_hint("generate") == "pip install '.[generate]' (in the torchserve-obs checkout)"
 
 
 def test_overrides_remove_and_change_alerts(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from obs.errors import UsageError
+    from obs.errors import UsageError, install_hint
     from obs.generate.config import ConfigError
 
     try:
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as err:
         raise UsageError(str(err)) from err
     except ImportError as err:
-        raise UsageError(f"{err.name} is missing: install torchserve-obs[generate]") from err
+        raise UsageError(f"{err.name} is missing: {install_hint('generate')}") from err
     writers.write(args.out, files)
     for rel in files:
         print(args.out / rel)

@@ -2,8 +2,8 @@
 
 Every output (dashboards, recording rules, alerts, Kubernetes wrappers) is a function of
 this config, so users customise by overriding values here, never by editing generated
-files. Validation is complete before anything is written: a bad value is refused with the
-dotted path of the key that holds it.
+files. Validation is complete before anything is written: every bad value is reported at
+once, each with the dotted path of the key that holds it and the value found there.
 """
 
 from __future__ import annotations
@@ -77,7 +77,38 @@ ALERT_KEYS = ("enabled", "severity", "for", "threshold", "expr", "labels", "anno
 
 
 class ConfigError(ValueError):
-    """A config value the user must fix; the message names the key."""
+    """Config values the user must fix; each problem names its key and the bad value.
+
+    Validation collects every problem before raising, so a file with several mistakes is
+    fixed in one round instead of one run per mistake.
+    """
+
+    def __init__(self, *problems: str) -> None:
+        self.problems = list(problems)
+        if len(problems) == 1:
+            message = problems[0]
+        else:
+            message = f"{len(problems)} problems in the config:\n" + "\n".join(
+                f"  {problem}" for problem in problems
+            )
+        super().__init__(message)
+
+
+class _Problems:
+    """Collects failed checks; ``require`` returns whether the check passed, so callers can
+    skip checks that would only repeat a problem already reported."""
+
+    def __init__(self) -> None:
+        self.found: List[str] = []
+
+    def require(self, condition: bool, path: str, message: str) -> bool:
+        if not condition:
+            self.found.append(f"{path}: {message}")
+        return condition
+
+    def raise_any(self) -> None:
+        if self.found:
+            raise ConfigError(*self.found)
 
 
 def load(path: Optional[Path]) -> Dict[str, Any]:
@@ -101,188 +132,223 @@ def resolve(user: Any) -> Dict[str, Any]:
     """Defaults overlaid with ``user`` (a mapping), fully validated."""
     if not isinstance(user, Mapping):
         raise ConfigError("the config must be a mapping of keys to values")
-    merged = _merge(DEFAULTS, user, "")
-    _validate(merged)
+    problems = _Problems()
+    merged = _merge(DEFAULTS, user, "", problems)
+    _validate(merged, problems)
+    problems.raise_any()
     return merged
 
 
-def _merge(default: Mapping[str, Any], user: Mapping[str, Any], where: str) -> Dict[str, Any]:
-    """Deep-merge ``user`` into ``default``, refusing unknown keys and wrong types."""
+def _merge(
+    default: Mapping[str, Any], user: Mapping[str, Any], where: str, problems: _Problems
+) -> Dict[str, Any]:
+    """Deep-merge ``user`` into ``default``, reporting unknown keys and wrong types.
+
+    A refused value leaves the default in place, so later checks do not report it twice.
+    """
     out = copy.deepcopy(dict(default))
     for key, value in user.items():
         path = f"{where}{key}"
-        if key not in default:
-            raise ConfigError(f"{path}: unknown key (known: {', '.join(sorted(default))})")
+        if not problems.require(
+            key in default, path, f"unknown key (known: {', '.join(sorted(default))})"
+        ):
+            continue
         if path in ("alerts", "kubernetes.prometheusrule_labels", "kubernetes.configmap_labels"):
-            _require(isinstance(value, Mapping), path, "must be a mapping")
-            out[key] = copy.deepcopy(dict(value))
+            if problems.require(
+                isinstance(value, Mapping), path, f"must be a mapping, not {value!r}"
+            ):
+                out[key] = copy.deepcopy(dict(value))
         elif isinstance(default[key], Mapping) and path != "slo.burn_windows":
-            _require(isinstance(value, Mapping), path, "must be a mapping")
-            out[key] = _merge(default[key], value, f"{path}.")
-        else:
-            out[key] = _typed(default[key], value, path)
+            if problems.require(
+                isinstance(value, Mapping), path, f"must be a mapping, not {value!r}"
+            ):
+                out[key] = _merge(default[key], value, f"{path}.", problems)
+        elif _has_type_of(default[key], value, path, problems):
+            out[key] = float(value) if isinstance(default[key], float) else copy.deepcopy(value)
     return out
 
 
-def _typed(default: Any, value: Any, path: str) -> Any:
-    """``value`` if it has the type of ``default`` (ints accepted for floats)."""
+def _has_type_of(default: Any, value: Any, path: str, problems: _Problems) -> bool:
+    """Whether ``value`` has the type of ``default`` (ints accepted for floats)."""
     if isinstance(default, bool):
         ok = isinstance(value, bool)
     elif isinstance(default, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
+        ok = _is_number(value)
     else:
         ok = isinstance(value, type(default))
-    _require(ok, path, f"must be a {type(default).__name__}, not {value!r}")
-    return copy.deepcopy(value)
+    return problems.require(ok, path, f"must be a {type(default).__name__}, not {value!r}")
 
 
-def _require(condition: bool, path: str, message: str) -> None:
-    if not condition:
-        raise ConfigError(f"{path}: {message}")
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _duration(value: Any, path: str) -> None:
-    _require(
+def _duration(value: Any, path: str, problems: _Problems) -> None:
+    problems.require(
         isinstance(value, str) and bool(DURATION_RE.match(value)),
         path,
         f"must be a Prometheus duration such as 5m or 1h, not {value!r}",
     )
 
 
-def _ratio(value: float, path: str) -> None:
-    _require(0.0 < value < 1.0, path, f"must be between 0 and 1 (exclusive), not {value}")
+def _ratio(value: float, path: str, problems: _Problems) -> None:
+    problems.require(0.0 < value < 1.0, path, f"must be between 0 and 1 (exclusive), not {value}")
 
 
-def _selector(value: str, path: str) -> None:
+def _selector(value: str, path: str, problems: _Problems) -> None:
     """A comma-separated list of label matchers, as it goes inside ``{...}``."""
     matcher = r'\s*[a-zA-Z_][a-zA-Z0-9_]*\s*(=|!=|=~|!~)\s*"(?:[^"\\]|\\.)*"\s*'
-    _require(
+    problems.require(
         bool(re.fullmatch(f"{matcher}(,{matcher})*", value)),
         path,
         f'must be label matchers such as job="torchserve", not {value!r}',
     )
 
 
-def _labels(value: Mapping[str, Any], path: str) -> None:
+def _labels(value: Mapping[str, Any], path: str, problems: _Problems) -> None:
     for name, label_value in value.items():
-        _require(bool(LABEL_NAME_RE.match(str(name))), f"{path}.{name}", "is not a label name")
-        _require(isinstance(label_value, str), f"{path}.{name}", "must be a string")
+        item = f"{path}.{name}"
+        problems.require(bool(LABEL_NAME_RE.match(str(name))), item, "is not a label name")
+        problems.require(
+            isinstance(label_value, str), item, f"must be a string, not {label_value!r}"
+        )
 
 
-def _validate(cfg: Dict[str, Any]) -> None:
+def _validate(cfg: Dict[str, Any], problems: _Problems) -> None:
     """Checks beyond types: syntax of selectors and durations, ranges, names."""
-    _selector(cfg["torchserve_selector"], "torchserve_selector")
-    _selector(cfg["exporter_selector"], "exporter_selector")
+    _selector(cfg["torchserve_selector"], "torchserve_selector", problems)
+    _selector(cfg["exporter_selector"], "exporter_selector", problems)
     cluster = cfg["cluster_label"]
-    _require(
+    problems.require(
         cluster == "" or bool(LABEL_NAME_RE.match(cluster)),
         "cluster_label",
         f"must be empty or a label name, not {cluster!r}",
     )
-    _require(bool(cfg["datasource"].strip()), "datasource", "must not be empty")
-    _duration(cfg["rate_window"], "rate_window")
-    _require(cfg["min_request_rate"] >= 0, "min_request_rate", "must not be negative")
-    _runbook(cfg["runbook_url_pattern"])
-    _slo(cfg["slo"])
+    problems.require(bool(cfg["datasource"].strip()), "datasource", "must not be empty")
+    _duration(cfg["rate_window"], "rate_window", problems)
+    problems.require(
+        cfg["min_request_rate"] >= 0,
+        "min_request_rate",
+        f"must not be negative, not {cfg['min_request_rate']}",
+    )
+    _runbook(cfg["runbook_url_pattern"], problems)
+    _slo(cfg["slo"], problems)
     dash = cfg["dashboards"]
-    _require(
+    problems.require(
         bool(METRIC_NAME_RE.match(dash["uid_prefix"])) and len(dash["uid_prefix"]) <= 24,
         "dashboards.uid_prefix",
-        "must be lowercase letters, digits and dashes, at most 24 characters",
+        f"must be lowercase letters, digits and dashes, at most 24 characters, not {dash['uid_prefix']!r}",
     )
-    _require(all(isinstance(t, str) for t in dash["tags"]), "dashboards.tags", "must be strings")
+    for tag in dash["tags"]:
+        problems.require(isinstance(tag, str), "dashboards.tags", f"must be strings, not {tag!r}")
     kube = cfg["kubernetes"]
     for key in ("namespace", "prometheusrule_name", "configmap_name"):
-        _require(
-            bool(METRIC_NAME_RE.match(kube[key])), f"kubernetes.{key}", "is not a Kubernetes name"
+        problems.require(
+            bool(METRIC_NAME_RE.match(kube[key])),
+            f"kubernetes.{key}",
+            f"is not a Kubernetes name: {kube[key]!r}",
         )
-    _labels(kube["prometheusrule_labels"], "kubernetes.prometheusrule_labels")
-    _labels(kube["configmap_labels"], "kubernetes.configmap_labels")
+    _labels(kube["prometheusrule_labels"], "kubernetes.prometheusrule_labels", problems)
+    _labels(kube["configmap_labels"], "kubernetes.configmap_labels", problems)
     for name, override in cfg["alerts"].items():
-        _alert_override(str(name), override)
+        _alert_override(str(name), override, problems)
 
 
-def _runbook(pattern: str) -> None:
+def _runbook(pattern: str, problems: _Problems) -> None:
     try:
         fields = [f for _, f, _, _ in string.Formatter().parse(pattern) if f is not None]
     except ValueError as err:
-        raise ConfigError(f"runbook_url_pattern: {err}") from err
+        problems.require(False, "runbook_url_pattern", f"{err}: {pattern!r}")
+        return
     unknown = sorted(set(fields) - set(RUNBOOK_FIELDS))
-    _require(
+    problems.require(
         not unknown,
         "runbook_url_pattern",
         f"unknown placeholder(s) {unknown}; use {{alert}} or {{alert_lower}}",
     )
 
 
-def _slo(slo: Dict[str, Any]) -> None:
-    _duration(slo["window"], "slo.window")
-    _ratio(slo["availability"], "slo.availability")
+def _slo(slo: Dict[str, Any], problems: _Problems) -> None:
+    _duration(slo["window"], "slo.window", problems)
+    _ratio(slo["availability"], "slo.availability", problems)
     latency = slo["latency"]
-    _ratio(latency["objective"], "slo.latency.objective")
-    _require(
+    _ratio(latency["objective"], "slo.latency.objective", problems)
+    problems.require(
         latency["threshold_seconds"] in LATENCY_BUCKETS,
         "slo.latency.threshold_seconds",
         f"must be a histogram bucket bound {LATENCY_BUCKETS}, not {latency['threshold_seconds']}",
     )
-    _require(
+    problems.require(
         latency["stage"] in Stage.TIMED,
         "slo.latency.stage",
         f"must be one of {Stage.TIMED}, not {latency['stage']!r}",
     )
     windows = slo["burn_windows"]
-    _require(
+    if not problems.require(
         isinstance(windows, Mapping) and sorted(windows) == ["fast", "slow"],
         "slo.burn_windows",
-        "must have exactly the keys fast and slow",
-    )
+        f"must have exactly the keys fast and slow, not {sorted(windows)}",
+    ):
+        return
     for speed, pairs in windows.items():
         path = f"slo.burn_windows.{speed}"
-        _require(isinstance(pairs, list) and len(pairs) > 0, path, "must be a non-empty list")
+        if not problems.require(
+            isinstance(pairs, list) and len(pairs) > 0,
+            path,
+            f"must be a non-empty list, not {pairs!r}",
+        ):
+            continue
         for i, pair in enumerate(pairs):
             item = f"{path}[{i}]"
-            _require(
+            if not problems.require(
                 isinstance(pair, Mapping) and sorted(pair) == ["factor", "long", "short"],
                 item,
-                "must have exactly the keys long, short and factor",
-            )
-            _duration(pair["long"], f"{item}.long")
-            _duration(pair["short"], f"{item}.short")
+                f"must have exactly the keys long, short and factor, not {pair!r}",
+            ):
+                continue
+            _duration(pair["long"], f"{item}.long", problems)
+            _duration(pair["short"], f"{item}.short", problems)
             factor = pair["factor"]
-            _require(
-                isinstance(factor, (int, float)) and not isinstance(factor, bool) and factor > 0,
+            problems.require(
+                _is_number(factor) and factor > 0,
                 f"{item}.factor",
-                "must be a positive number",
+                f"must be a positive number, not {factor!r}",
             )
 
 
-def _alert_override(name: str, override: Any) -> None:
+def _alert_override(name: str, override: Any, problems: _Problems) -> None:
     """Shape of ``alerts.<name>``; whether the alert exists is checked by the rules module."""
     path = f"alerts.{name}"
-    _require(isinstance(override, Mapping), path, "must be a mapping")
+    if not problems.require(
+        isinstance(override, Mapping), path, f"must be a mapping, not {override!r}"
+    ):
+        return
     for key, value in override.items():
         item = f"{path}.{key}"
-        _require(key in ALERT_KEYS, item, f"unknown key (known: {', '.join(ALERT_KEYS)})")
+        if not problems.require(
+            key in ALERT_KEYS, item, f"unknown key (known: {', '.join(ALERT_KEYS)})"
+        ):
+            continue
         if key == "enabled":
-            _require(isinstance(value, bool), item, "must be true or false")
+            problems.require(isinstance(value, bool), item, f"must be true or false, not {value!r}")
         elif key == "severity":
-            _require(value in SEVERITIES, item, f"must be one of {SEVERITIES}, not {value!r}")
+            problems.require(
+                value in SEVERITIES, item, f"must be one of {SEVERITIES}, not {value!r}"
+            )
         elif key == "for":
-            _duration(value, item)
+            _duration(value, item, problems)
         elif key == "threshold":
-            _require(
-                isinstance(value, (int, float)) and not isinstance(value, bool),
-                item,
-                "must be a number",
-            )
+            problems.require(_is_number(value), item, f"must be a number, not {value!r}")
         elif key == "expr":
-            _require(
-                isinstance(value, str) and bool(value.strip()), item, "must be a PromQL string"
+            problems.require(
+                isinstance(value, str) and bool(value.strip()),
+                item,
+                f"must be a PromQL string, not {value!r}",
             )
-        else:
-            _require(isinstance(value, Mapping), item, "must be a mapping")
-            _labels(value, item)
+        elif problems.require(
+            isinstance(value, Mapping), item, f"must be a mapping, not {value!r}"
+        ):
+            _labels(value, item, problems)
 
 
 def durations_seconds(value: str) -> int:
