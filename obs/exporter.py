@@ -15,14 +15,25 @@ import time
 from collections import Counter, defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import (
+    Any,
+    Collection,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+)
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from obs import heartbeat, ledger, logs
+from obs import ledger, logs
 from obs.services import Service
 from obs.settings import Settings, metrics_dir_from_env, report
 from obs.signals import DEFAULT_PORTS, LostReason, Metrics, Outcome
@@ -71,10 +82,7 @@ class WorkerFiles:
     """
 
     def __init__(
-        self,
-        directory: Path,
-        live: Mapping[str, Tuple[str, str]],
-        ledgers: Sequence[ledger.Reading] = (),
+        self, directory: Path, live: Collection[str], ledgers: Sequence[ledger.Reading] = ()
     ) -> None:
         self.directory = directory
         self.live = live
@@ -107,9 +115,7 @@ class MetricsSource:
     def collect(self) -> Iterator[GaugeMetricFamily]:
         """The exporter's own gauges, computed at scrape time (prometheus_client collector)."""
         files = Metrics.EXPORTER_METRICS_FILES
-        yield GaugeMetricFamily(
-            files.name, files.help, value=count_files(self.directory)
-        )
+        yield GaugeMetricFamily(files.name, files.help, value=count_files(self.directory))
         duration = Metrics.EXPORTER_SCRAPE_DURATION
         yield GaugeMetricFamily(duration.name, duration.help, value=self._last_scrape_seconds)
         workers = GaugeMetricFamily(
@@ -149,9 +155,13 @@ class MetricsSource:
     def render(self, accept: str) -> Tuple[bytes, str]:
         encoder, content_type = choose_encoder(accept)
         started = time.perf_counter()
-        self._live = heartbeat.live_workers(self.directory)
+        readings = self.ledgers()
+        self._live = {
+            r.identity: ledger.split_key(r.serving) for r in readings if r.serving is not None
+        }
+        live_identities = {r.identity for r in readings if r.alive}
         workers = CollectorRegistry()
-        workers.register(WorkerFiles(self.directory, self._live, self.ledgers()))
+        workers.register(WorkerFiles(self.directory, live_identities, readings))
         body = encoder(workers)
         self._last_scrape_seconds = time.perf_counter() - started
         own = encoder(self._own)

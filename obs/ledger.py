@@ -200,12 +200,14 @@ class Ledger:
         with self._guard:
             self._counts(key)[STARTS] += 1
             self.state["loading"] = key
+            self.state["serving"] = None
             self._commit()
 
     def loaded(self, key: Key, ok: bool) -> None:
         with self._guard:
             self._counts(key)[LOADS][0 if ok else 1] += 1
             self.state["loading"] = None
+            self.state["serving"] = key if ok else None
             self._commit()
 
     def begin(self, batch_id: str, key: Key, record: Dict[str, Any]) -> None:
@@ -247,12 +249,14 @@ def owned_paths() -> List[str]:
 class Reading:
     """One ledger as the exporter saw it: its counts, and whether a live worker holds it."""
 
-    __slots__ = ("alive", "counts", "identity", "settled")
+    __slots__ = ("alive", "counts", "identity", "serving", "settled")
 
-    def __init__(self, identity: str, counts: Dict[Key, Any], alive: bool, settled: int) -> None:
+    def __init__(self, identity: str, state: Dict[str, Any], alive: bool, settled: int) -> None:
         self.identity = identity
-        self.counts = counts
+        self.counts: Dict[Key, Any] = state["counts"]
         self.alive = alive
+        self.serving: Optional[Key] = state.get("serving") if alive else None
+        """The model version a live worker has loaded and serves; None while it loads."""
         self.settled = settled
 
 
@@ -267,7 +271,7 @@ def read_all(directory: Path, lost_lines: LostLines) -> Iterator[Reading]:
         if str(path) in mine:
             ledger = _owned[str(path)]
             with ledger._guard:
-                yield Reading(identity, _copy(ledger.state["counts"]), True, 0)
+                yield Reading(identity, _copy(ledger.state), True, 0)
             continue
         try:
             fd = _lock(path, blocking=False)
@@ -275,12 +279,12 @@ def read_all(directory: Path, lost_lines: LostLines) -> Iterator[Reading]:
             fd = None
             state = _read_unlocked(path)
             if state is not None:
-                yield Reading(identity, state["counts"], True, 0)
+                yield Reading(identity, state, True, 0)
             continue
         if fd is None:  # a live worker holds it
             state = _read_unlocked(path)
             if state is not None:
-                yield Reading(identity, state["counts"], True, 0)
+                yield Reading(identity, state, True, 0)
             continue
         try:
             state = read_state(fd)
@@ -290,7 +294,7 @@ def read_all(directory: Path, lost_lines: LostLines) -> Iterator[Reading]:
             if state["inflight"] or state.get("loading"):
                 settled = settle(state, lost_lines)
                 _write(fd, state)
-            yield Reading(identity, state["counts"], False, settled)
+            yield Reading(identity, state, False, settled)
         finally:
             os.close(fd)
 
@@ -311,8 +315,8 @@ def _read_unlocked(path: Path) -> Optional[Dict[str, Any]]:
         os.close(fd)
 
 
-def _copy(counts: Dict[Key, Any]) -> Dict[Key, Any]:
-    return orjson.loads(orjson.dumps(counts))
+def _copy(state: Dict[str, Any]) -> Dict[str, Any]:
+    return orjson.loads(orjson.dumps(state))
 
 
 def lost_request_records(batches: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:

@@ -17,6 +17,7 @@ from typing import Any, Dict, Tuple
 from prometheus_client import Counter, Gauge, Histogram, values
 from prometheus_client.metrics import MetricWrapperBase
 
+from obs import ledger, mpvalue
 from obs.gpu import GpuMemory
 from obs.settings import MULTIPROC_DIR_ENV
 from obs.signals import Label, Metrics, MetricSpec, Stage
@@ -28,13 +29,22 @@ def use_multiprocess_dir(directory: Path, identity: str) -> None:
     """Write this process's metric values to ``directory`` under a stable ``identity``.
 
     Two live processes must never share an identity: they would overwrite each other's
-    values. A TorchServe worker port is held by one live worker at a time.
+    values. A TorchServe worker port is held by one live worker at a time. Counters and
+    histograms continue from the files of earlier processes with this identity; gauges start
+    empty, so nothing an earlier process set (an older model version, say) shows as current.
     """
     if _identity.get("value") == identity and os.environ.get(MULTIPROC_DIR_ENV) == str(directory):
         return
     directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob(f"gauge_*_{identity}.db"):
+        stale.unlink()  # a predecessor's gauges: this process owns the identity's from its start
     os.environ[MULTIPROC_DIR_ENV] = str(directory)
-    values.ValueClass = values.MultiProcessValue(process_identifier=lambda: identity)
+
+    def take_child_lock(child: str) -> None:
+        ledger.open_ledger(directory, child, lambda _batches: None)
+
+    mpvalue.configure(directory, identity, on_child=take_child_lock)
+    values.ValueClass = mpvalue.MultiProcessValue
     _identity["value"] = identity
 
 
