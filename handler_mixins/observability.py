@@ -21,7 +21,7 @@ import types
 from contextvars import ContextVar
 from typing import Any, Callable, Dict, List, Optional, Sequence, TypeVar
 
-from obs import heartbeat, ledger, logs
+from obs import heartbeat, ledger, logs, mpvalue
 from obs.context import ID_FIELDS, RequestIds, bind_batch, reset_batch
 from obs.gpu import IntervalSampler, read_cuda_memory
 from obs.metrics import ModelInstruments, ProcessInstruments, use_memory_only, use_multiprocess_dir
@@ -155,7 +155,7 @@ class Observer:
         self._properties = properties
         self._settings = settings
         self.gpu_sampler: Optional[IntervalSampler] = None
-        self._heartbeat: Optional[threading.Thread] = None
+        self._upkeep: Optional[threading.Thread] = None
         """Set once the model is loaded: only then does the handler know its device."""
         self.current: Optional[_Batch] = None
         """The batch most recently begun: what stages run in threads of their own (TorchServe's
@@ -233,10 +233,23 @@ class Observer:
         if mismatch:
             self._log.warning("torch_version_mismatch", expected=expected, actual=torch_version)
         self.gpu_sampler = self._gpu_sampler(handler)
-        if self._heartbeat is None:
-            self._heartbeat = heartbeat.start(
-                self._settings.metrics_dir, self.worker, self.model, self.version
+        if self._upkeep is None:
+            interval = min(heartbeat.INTERVAL_S, self._settings.gpu_sample_interval_s or 1e9)
+            self._upkeep = heartbeat.start(
+                (self.keep_files_in_place, self.sample_gpu),
+                on_error=lambda: self.process.count_internal_error("upkeep"),
+                interval_s=interval,
             )
+
+    def keep_files_in_place(self) -> None:
+        """Re-create the ledger and metric files if the directory went (counted)."""
+        if self.ledger.keep_in_place():
+            mpvalue.rehome()
+            self.process.count_internal_error("metrics_dir_recreated")
+
+    def sample_gpu(self) -> None:
+        if self.gpu_sampler is not None:
+            self.gpu_sampler.maybe_sample()
 
     # Batches --------------------------------------------------------------------------
 
@@ -306,8 +319,6 @@ class Observer:
         # Lines first, then the ledger: see obs/ledger.py on the window between the two.
         batch.counts = None
         self.ledger.finish(batch.fields[Field.BATCH_ID], self.key, counts)
-        if self.gpu_sampler is not None:
-            self.gpu_sampler.maybe_sample()
 
     @staticmethod
     def _statuses(
@@ -362,6 +373,9 @@ class _NoLedger:
 
     def finish(self, batch_id: str, key: str, outcomes: Sequence[int]) -> None:
         pass
+
+    def keep_in_place(self) -> bool:
+        return False
 
 
 def _dir_problem(settings: Settings, err: OSError, disabled: str) -> Problem:

@@ -232,6 +232,23 @@ class Ledger:
             self._commit()
 
 
+    def keep_in_place(self) -> bool:
+        """Write the ledger anew if its file was removed (the directory went); True if so."""
+        try:
+            if os.stat(self.path).st_ino == os.fstat(self._fd).st_ino:
+                return False
+        except FileNotFoundError:
+            pass
+        with self._guard:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = _lock(self.path, blocking=True)
+            assert fd is not None
+            previous, self._fd = self._fd, fd
+            os.close(previous)  # releases only the removed file's lock
+            _write(self._fd, self.state)
+        return True
+
+
 def open_ledger(directory: Path, identity: str, lost_lines: LostLines) -> Ledger:
     """This process's ledger for ``identity``, created (and its predecessor settled) once."""
     path = ledger_path(directory, identity)

@@ -355,3 +355,89 @@ def test_a_prediction_exception_subclass_keeps_its_status(
         json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")
     ]
     assert [r["status"] for r in lines if r["event"] == "request_completed"] == [429]
+
+
+KEPT_WORKER = """
+import sys
+from pathlib import Path
+from obs import heartbeat
+heartbeat.INTERVAL_S = 0.2
+from handler_mixins.testing import load_model, predict, wire_request
+service = load_model(Path(sys.argv[1]), "tiny", batch_size=8)
+predict(service, [wire_request("r-1", b"[1, 2, 3, 4]")])
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_removed_metrics_directory_is_put_back_with_the_values(
+    unpacked: Dict[str, Path], tmp_path: Path
+) -> None:
+    """The upkeep thread survives the directory going: files re-created, values continued,
+    the event counted; the live worker never disappears from the exporter for good."""
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.support.traffic import wait_for
+
+    directory = tmp_path / "metrics"
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)}
+    worker = subprocess.Popen(
+        [sys.executable, "-c", KEPT_WORKER, str(unpacked[MODEL_NAME])],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert worker.stdout is not None
+        while worker.stdout.readline() != b"ready\n":
+            pass
+        assert total(samples(directory), "tsobs_requests_total", outcome="success") == 1
+        shutil.rmtree(directory)
+
+        def back() -> Samples:
+            found = samples(directory) if directory.is_dir() else {}
+            recreated = total(
+                found, "tsobs_internal_errors_total", component="metrics_dir_recreated"
+            )
+            return found if recreated == 1 else {}
+
+        found = wait_for(back, what="the worker's files to be put back")
+        assert total(found, "tsobs_requests_total", outcome="success") == 1
+        assert total(found, "tsobs_workers", model_name=MODEL_NAME) == 1
+        assert total(found, "tsobs_model_info", model_name=MODEL_NAME) == 1
+        assert total(found, "tsobs_model_loads_total", outcome="success") == 1
+    finally:
+        assert worker.stdin is not None
+        worker.stdin.close()
+        worker.wait(timeout=30)
+
+
+def test_gpu_memory_is_read_on_the_interval_without_batches(services, monkeypatch) -> None:
+    """An idle worker's GPU gauges are current: the upkeep thread reads them, not batches."""
+    import dataclasses
+
+    import torch
+
+    import handler_mixins.observability as observability
+    from obs import heartbeat
+    from tests.support.traffic import wait_for
+
+    handler = services[MODEL_NAME]._entry_point.__self__
+    observer: Observer = handler.__dict__["_tsobs_observer"]
+    reads: List[int] = []
+
+    def read(index: int) -> GpuMemory:
+        reads.append(index)
+        return GpuMemory(len(reads), 0, 0, 0, 1)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(observability, "read_cuda_memory", read)
+    monkeypatch.setattr(handler, "device", torch.device("cuda", 0), raising=False)
+    fast = dataclasses.replace(observer._settings, gpu_sample_interval_s=0.05)
+    monkeypatch.setattr(observer, "_settings", fast)
+    monkeypatch.setattr(observer, "gpu_sampler", observer._gpu_sampler(handler))
+    heartbeat.start([observer.sample_gpu], on_error=lambda: None, interval_s=0.05)
+    wait_for(lambda: len(reads) >= 5, what="several readings with no batch at all")
+    monkeypatch.setattr(observer, "gpu_sampler", None)  # stops the thread's reads
