@@ -127,14 +127,20 @@ class Observer:
         self.worker = worker_identity()
         problems = list(settings.problems)
         metrics_off = "metrics and request counts are off; logs are still written"
+        self.ledger: Any = _NoLedger()
         try:
+            settings.metrics_dir.mkdir(parents=True, exist_ok=True)
+            # The ledger lock first: no exporter folds this identity's files from here on.
+            self.ledger = ledger.open_ledger(settings.metrics_dir, self.worker)
             use_multiprocess_dir(settings.metrics_dir, self.worker)
             self.process = ProcessInstruments()
         except OSError as err:
             problems.append(_dir_problem(settings, err, metrics_off))
+            self.ledger = _NoLedger()
             use_memory_only()
             self.process = ProcessInstruments()
         self.emitter = logs.configure(settings, on_drop=self.process.count_dropped)
+        self.ledger.settle_predecessor(self.write_lost)
         logs.route_to_json((type(handler).__module__, *settings.json_loggers))
         self.model = str(getattr(context, "model_name", None) or "unknown")
         manifest = getattr(context, "manifest", None) or {}
@@ -143,12 +149,6 @@ class Observer:
         self.max_batch_size = int(properties.get("batch_size") or 1)
         self.metrics = ModelInstruments(self.model, self.version)
         self.key = ledger.model_key(self.model, self.version)
-        self.ledger: Any = _NoLedger()
-        if not problems or problems[-1].variable != MULTIPROC_DIR_ENV:
-            try:
-                self.ledger = ledger.open_ledger(settings.metrics_dir, self.worker, self.write_lost)
-            except OSError as err:
-                problems.append(_dir_problem(settings, err, metrics_off))
         for _problem in report(problems):
             self.process.count_internal_error("settings")
         self.handler_name = f"{type(handler).__module__}.{type(handler).__qualname__}"
@@ -361,6 +361,9 @@ class Observer:
 
 class _NoLedger:
     """Stands in for the ledger when the metrics directory cannot be used."""
+
+    def settle_predecessor(self, lost_lines: Any) -> int:
+        return 0
 
     def start(self, key: str) -> None:
         pass

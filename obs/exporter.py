@@ -31,9 +31,8 @@ from typing import (
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.multiprocess import MultiProcessCollector
 
-from obs import ledger, logs
+from obs import archive, ledger, logs
 from obs.services import Service
 from obs.settings import Settings, metrics_dir_from_env, report
 from obs.signals import DEFAULT_PORTS, LostReason, Metrics, Outcome
@@ -43,18 +42,12 @@ SETTLE_INTERVAL_S = 5.0
 """How often the exporter settles dead workers' ledgers between scrapes."""
 
 
-def ledger_families(readings: Iterable[ledger.Reading]) -> List[Metric]:
-    """Requests, lost requests, worker starts and model loads, summed over every ledger."""
+def ledger_families(counts: Iterable[Tuple[ledger.Key, Dict[str, Any]]]) -> List[Metric]:
+    """Requests, lost requests, worker starts and model loads, summed over every ledger and
+    the archive of folded ones."""
     totals: Dict[ledger.Key, Dict[str, Any]] = defaultdict(ledger.empty_counts)
-    for reading in readings:
-        for key, counts in reading.counts.items():
-            total = totals[key]
-            for index in range(3):
-                total[ledger.REQUESTS][index] += counts[ledger.REQUESTS][index]
-            total[ledger.LOST] += counts[ledger.LOST]
-            total[ledger.STARTS] += counts[ledger.STARTS]
-            for index in range(2):
-                total[ledger.LOADS][index] += counts[ledger.LOADS][index]
+    for key, found in counts:
+        archive.add_counts(totals[key], found)
     spec = Metrics.REQUESTS
     requests = CounterMetricFamily(spec.name, spec.help, labels=spec.labels)
     spec = Metrics.REQUESTS_LOST
@@ -96,16 +89,31 @@ class WorkerFiles:
         ]
 
     def collect(self) -> Iterable[Metric]:
-        yield from MultiProcessCollector.merge(self.files(), accumulate=True)
-        yield from ledger_families(self.ledgers)
+        folded = archive.load(self.directory)
+        for attempt in range(3):
+            try:
+                merged = list(archive.merge(self.files(), folded))
+                break
+            except FileNotFoundError:  # a worker replaced its gauges, or a fold just ran
+                if attempt == 2:
+                    raise
+        yield from merged
+        counts = [item for r in self.ledgers for item in r.counts.items()]
+        yield from ledger_families(counts + archive.archived_counts(folded))
 
 
 class MetricsSource:
     """Aggregates one metrics directory into an exposition, and reports on doing so."""
 
-    def __init__(self, directory: Path, emitter: Optional[logs.LogEmitter] = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        emitter: Optional[logs.LogEmitter] = None,
+        fold_after_s: float = archive.FOLD_AFTER_S,
+    ) -> None:
         self.directory = directory
         self._emitter = emitter
+        self.fold_after_s = fold_after_s
         self._settling = threading.Lock()
         self._last_scrape_seconds = 0.0
         self._live: Mapping[str, Tuple[str, str]] = {}
@@ -150,7 +158,13 @@ class MetricsSource:
     def ledgers(self) -> List[ledger.Reading]:
         """Every worker ledger, dead workers' settled on the way (one thread at a time)."""
         with self._settling:
-            return list(ledger.read_all(self.directory, self._write_lost))
+            return list(ledger.read_all(self.directory, self._write_lost, self._retire))
+
+    def _retire(self, identity: str, path: Path, state: Dict[str, Any]) -> bool:
+        if not archive.due(path, self.fold_after_s):
+            return False
+        archive.fold(self.directory, identity, state)
+        return True
 
     def render(self, accept: str) -> Tuple[bytes, str]:
         encoder, content_type = choose_encoder(accept)
@@ -251,7 +265,9 @@ def run(args: argparse.Namespace) -> int:
     if problem is not None:
         raise UsageError(problem)
     try:
-        server = make_server(MetricsSource(directory), args.host, args.port)
+        server = make_server(
+            MetricsSource(directory, fold_after_s=args.fold_after), args.host, args.port
+        )
     except OSError as err:
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {err.strerror}") from None
     print(
@@ -285,5 +301,13 @@ def register(subparsers: Any) -> None:
         "--metrics-dir",
         help="the workers' PROMETHEUS_MULTIPROC_DIR (default: that variable, else "
         f"{metrics_dir_from_env()})",
+    )
+    parser.add_argument(
+        "--fold-after",
+        type=float,
+        default=archive.FOLD_AFTER_S,
+        metavar="SECONDS",
+        help="fold a dead worker's counters into the archive and remove its files once its "
+        f"ledger has been quiet this long (default: {archive.FOLD_AFTER_S:g})",
     )
     parser.set_defaults(func=run)

@@ -177,16 +177,23 @@ _owned_lock = threading.Lock()
 class Ledger:
     """The ledger of the running worker. One per process and identity (see :func:`open_ledger`)."""
 
-    def __init__(self, path: Path, lost_lines: LostLines) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path
         self._fd = _lock(path, blocking=True)
         assert self._fd is not None
         self._pid = os.getpid()
         self._guard = threading.Lock()
         self.state = read_state(self._fd) or _new_state()
-        self.settled = settle(self.state, lost_lines)
-        self.state["pid"] = self._pid
-        _write(self._fd, self.state)
+        self.settled = 0
+
+    def settle_predecessor(self, lost_lines: LostLines) -> int:
+        """Settle what the previous owner of this identity left in flight; once."""
+        with self._guard:
+            settled = settle(self.state, lost_lines)
+            self.settled += settled
+            self.state["pid"] = self._pid
+            _write(self._fd, self.state)
+            return settled
 
     def _counts(self, key: Key) -> Dict[str, Any]:
         return self.state["counts"].setdefault(key, empty_counts())
@@ -249,13 +256,16 @@ class Ledger:
         return True
 
 
-def open_ledger(directory: Path, identity: str, lost_lines: LostLines) -> Ledger:
-    """This process's ledger for ``identity``, created (and its predecessor settled) once."""
+def open_ledger(directory: Path, identity: str, lost_lines: Optional[LostLines] = None) -> Ledger:
+    """This process's ledger for ``identity``, locked once per process. With ``lost_lines``
+    its predecessor is settled now; else call :meth:`Ledger.settle_predecessor`."""
     path = ledger_path(directory, identity)
     with _owned_lock:
         ledger = _owned.get(str(path))
         if ledger is None or ledger._pid != os.getpid():
-            ledger = _owned[str(path)] = Ledger(path, lost_lines)
+            ledger = _owned[str(path)] = Ledger(path)
+            if lost_lines is not None:
+                ledger.settle_predecessor(lost_lines)
         return ledger
 
 
@@ -277,8 +287,16 @@ class Reading:
         self.settled = settled
 
 
-def read_all(directory: Path, lost_lines: LostLines) -> Iterator[Reading]:
-    """Every ledger in ``directory``; those no live process holds are settled on the way.
+Retire = Callable[[str, Path, Dict[str, Any]], bool]
+"""Called with a dead worker's identity, ledger path and state, its lock held: True when it
+folded the worker away (see :mod:`obs.archive`)."""
+
+
+def read_all(
+    directory: Path, lost_lines: LostLines, retire: Optional[Retire] = None
+) -> Iterator[Reading]:
+    """Every ledger in ``directory``; those no live process holds are settled on the way,
+    and handed to ``retire``.
 
     Call from one thread at a time: POSIX locks cannot tell two threads of one process apart.
     """
@@ -311,6 +329,8 @@ def read_all(directory: Path, lost_lines: LostLines) -> Iterator[Reading]:
             if state["inflight"] or state.get("loading"):
                 settled = settle(state, lost_lines)
                 _write(fd, state)
+            elif retire is not None and retire(identity, path, state):
+                continue
             yield Reading(identity, state, False, settled)
         finally:
             os.close(fd)

@@ -41,7 +41,7 @@ def use_multiprocess_dir(directory: Path, identity: str) -> None:
     os.environ[MULTIPROC_DIR_ENV] = str(directory)
 
     def take_child_lock(child: str) -> None:
-        ledger.open_ledger(directory, child, lambda _batches: None)
+        ledger.open_ledger(directory, child)
 
     mpvalue.configure(directory, identity, on_child=take_child_lock)
     values.ValueClass = mpvalue.MultiProcessValue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import subprocess
 import sys
@@ -235,3 +236,37 @@ def test_a_forked_child_writes_its_own_files_never_its_parents(tmp_path: Path) -
     names = {p.name for p in tmp_path.glob("counter_*.db")} - {"counter_w9000.db"}
     (child,) = names
     assert child.startswith("counter_w9000-c")
+
+
+def test_retired_workers_fold_into_the_archive_and_the_directory_stays_small(
+    tmp_path: Path,
+) -> None:
+    """Each scale-up gives new ports: their files are folded once the workers are gone,
+    totals continue, and the file count does not grow with the cycles."""
+    source = MetricsSource(tmp_path, fold_after_s=0)
+    counts = []
+    for cycle in range(4):
+        for index in range(3):
+            run_worker(tmp_path, f"w{9000 + 3 * cycle + index}", 2, version="1.0")
+        samples = parse_samples(source.render("")[0].decode())
+        counts.append(sorted(p.name for p in tmp_path.iterdir()))
+        assert total(samples, "tsobs_requests_total") == 6 * (cycle + 1)
+        assert total(samples, "tsobs_worker_starts_total") == 3 * (cycle + 1)
+        handle = {"stage": "handle"}
+        assert total(samples, "tsobs_stage_duration_seconds_count", **handle) == 3 * (cycle + 1)
+        assert total(samples, "tsobs_stage_duration_seconds_bucket", le="+Inf") == 3 * (cycle + 1)
+    assert counts[0] == counts[-1] == ["archive.json"]
+
+
+def test_a_fold_interrupted_before_removing_files_is_not_counted_twice(tmp_path: Path) -> None:
+    run_worker(tmp_path, "w9000", 5, version="1.0")
+    kept = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    source = MetricsSource(tmp_path, fold_after_s=0)
+    samples = parse_samples(source.render("")[0].decode())
+    assert total(samples, "tsobs_requests_total") == 5
+    assert sorted(os.listdir(tmp_path)) == ["archive.json"]
+    for name, data in kept.items():  # as if the exporter died after writing the archive
+        (tmp_path / name).write_bytes(data)
+    samples = parse_samples(source.render("")[0].decode())
+    assert total(samples, "tsobs_requests_total") == 5
+    assert sorted(os.listdir(tmp_path)) == ["archive.json"]
