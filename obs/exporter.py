@@ -246,10 +246,16 @@ def make_server(source: MetricsSource, host: str, port: int) -> ThreadingHTTPSer
 
 
 def exporter_service(
-    metrics_dir: Path, port: int, log_path: Path, host: str = "127.0.0.1"
+    metrics_dir: Path,
+    port: int,
+    log_path: Path,
+    host: str = "127.0.0.1",
+    fold_after_s: Optional[float] = None,
 ) -> Service:
     """The exporter as a separate process, as the stack, the demo and the tests run it."""
     argv = [sys.executable, "-m", "obs.cli", "exporter", "--host", host, "--port", str(port)]
+    if fold_after_s is not None:
+        argv += ["--fold-after", str(fold_after_s)]
     return Service("exporter", [*argv, "--metrics-dir", str(metrics_dir)], log_path)
 
 

@@ -272,14 +272,16 @@ class Metrics:
     WORKERS = MetricSpec(
         f"{PREFIX}workers",
         "gauge",
-        "Worker processes alive (heartbeat within the last 45 s), counted by the exporter.",
+        "Worker processes alive (a live process holds their ledger) with the model loaded, "
+        "counted by the exporter.",
         by_exporter=True,
     )
     EXPORTER_METRICS_FILES = MetricSpec(
         f"{PREFIX}exporter_metrics_files",
         "gauge",
-        "Files in the multi-process metrics directory: one set per worker port, so a steady "
-        "value means restarts do not grow it.",
+        "Files in the multi-process metrics directory: one set per live worker plus the "
+        "archive of retired ones, so a steady value means restarts and scale events do not "
+        "grow it.",
         (),
         by_exporter=True,
     )
