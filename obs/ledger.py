@@ -238,7 +238,6 @@ class Ledger:
             self.state["inflight"].pop(batch_id, None)
             self._commit()
 
-
     def keep_in_place(self) -> bool:
         """Write the ledger anew if its file was removed (the directory went); True if so."""
         try:
