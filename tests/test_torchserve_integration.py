@@ -207,6 +207,12 @@ def test_worker_kill_counts_every_request_once_and_bounds_the_metrics_directory(
         )
 
     statuses = Counter(r.status for r in sent if not _worker_died(r))
+    print(
+        f"\nsent {len(sent)}: {dict(statuses)} + {len(died)} Worker died.; counted "
+        f"success {delta(REQUESTS, outcome='success'):.0f}, server_error "
+        f"{delta(REQUESTS, outcome='server_error'):.0f} (lost "
+        f"{delta('tsobs_requests_lost_total'):.0f})"
+    )
     assert delta(REQUESTS) == len(sent)
     assert delta(REQUESTS, outcome="success") == statuses[200]
     assert delta(REQUESTS, outcome="server_error") == len(died) + statuses[503]
@@ -225,6 +231,8 @@ def test_worker_kill_counts_every_request_once_and_bounds_the_metrics_directory(
         return by_id if len(by_id) == len(ids) else {}
 
     by_id = wait_for(lines_by_id, what="a completion line for every request, lost ones too")
+    joined = sum(1 for r in sent if len(by_id.get(r.request_id, ())) == 1)
+    print(f"log join: {joined}/{len(sent)} responses have exactly one completion line")
     for response in sent:
         (line,) = by_id[response.request_id]
         if _worker_died(response):
