@@ -39,6 +39,8 @@ def start_torchserve(
         ports=TorchServePorts.free(first_worker_port),
         load_models=",".join(f"{name}={name}.mar" for name in models),
         env={"PROMETHEUS_MULTIPROC_DIR": str(workdir / "metrics"), **env},
+        # Tests register and unregister model versions (a rollout) through the management API.
+        extra_config={"enable_model_api": "true"},
     )
     server.start()
     try:

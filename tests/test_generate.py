@@ -64,6 +64,9 @@ def test_example_config_is_valid_and_documents_every_key() -> None:
         ("rate_window: five minutes", "rate_window"),
         ("torchserve_selector: 'job=torchserve'", "torchserve_selector"),
         ("cluster_label: 'my-cluster'", "cluster_label"),
+        ("host_label: 'pod name'", "host_label"),
+        ("dashboards: {kibana_url: 'kibana:5601'}", "dashboards.kibana_url"),
+        ("dashboards: {log_fields: json}", "dashboards.log_fields"),
         ("colour: blue", "colour"),
         ("slo: {latency: {threshold_seconds: 0.3}}", "slo.latency.threshold_seconds"),
         (

@@ -25,6 +25,9 @@ LABEL_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 METRIC_NAME_RE = re.compile(r"^[a-z][a-z0-9-]*$")
 """Kubernetes object names and dashboard UID prefixes."""
 
+LOG_FIELDS = ("otel", "ecs")
+"""Values of ``dashboards.log_fields``: the field names the logs carry (``TSOBS_LOG_FIELDS``)."""
+
 RUNBOOK_FIELDS = ("alert", "alert_lower")
 """Placeholders ``runbook_url_pattern`` may use."""
 
@@ -32,6 +35,7 @@ DEFAULTS: Dict[str, Any] = {
     "torchserve_selector": 'job="torchserve"',
     "exporter_selector": 'job="torchserve-obs"',
     "cluster_label": "",
+    "host_label": "instance",
     "datasource": "Prometheus",
     "rate_window": "5m",
     "min_request_rate": 0.1,
@@ -59,6 +63,9 @@ DEFAULTS: Dict[str, Any] = {
         "tags": ["torchserve", "torchserve-obs"],
         "refresh": "30s",
         "time_from": "now-3h",
+        "kibana_url": "",
+        "kibana_data_view": "tsobs-logs",
+        "log_fields": "otel",
     },
     "kubernetes": {
         "namespace": "monitoring",
@@ -224,6 +231,11 @@ def _validate(cfg: Dict[str, Any], problems: _Problems) -> None:
         "cluster_label",
         f"must be empty or a label name, not {cluster!r}",
     )
+    problems.require(
+        bool(LABEL_NAME_RE.match(cfg["host_label"])),
+        "host_label",
+        f"must be a label name, not {cfg['host_label']!r}",
+    )
     problems.require(bool(cfg["datasource"].strip()), "datasource", "must not be empty")
     _duration(cfg["rate_window"], "rate_window", problems)
     problems.require(
@@ -241,6 +253,16 @@ def _validate(cfg: Dict[str, Any], problems: _Problems) -> None:
     )
     for tag in dash["tags"]:
         problems.require(isinstance(tag, str), "dashboards.tags", f"must be strings, not {tag!r}")
+    problems.require(
+        dash["kibana_url"] == "" or bool(re.match(r"^https?://[^\s'\"]+$", dash["kibana_url"])),
+        "dashboards.kibana_url",
+        f"must be empty or an http(s) URL, not {dash['kibana_url']!r}",
+    )
+    problems.require(
+        dash["log_fields"] in LOG_FIELDS,
+        "dashboards.log_fields",
+        f"must be one of {LOG_FIELDS} (as TSOBS_LOG_FIELDS), not {dash['log_fields']!r}",
+    )
     kube = cfg["kubernetes"]
     for key in ("namespace", "prometheusrule_name", "configmap_name"):
         problems.require(

@@ -50,6 +50,9 @@ class Queries:
         self.model_name_by = self.cluster + (Label.MODEL,)
         """Joins between TorchServe's counters and ours: see :data:`DEFAULT_VERSION`."""
         self.instance_by = self.cluster + ("instance",)
+        self.host_label = cfg["host_label"]
+        self.host_by = self.cluster + (self.host_label,)
+        """Dashboards group per host by the config's ``host_label`` (see :meth:`host_matcher`)."""
         self.rate_window = "$__rate_interval" if dashboard else cfg["rate_window"]
 
     def by(self, labels: Sequence[str]) -> str:
@@ -67,7 +70,7 @@ class Queries:
             if self.cluster:
                 matchers.append(f'{self.cluster[0]}=~"$cluster"')
             if source != RECORDED:
-                matchers.append('instance=~"$instance(:[0-9]+)?"')
+                matchers.append(self.host_matcher())
             if per_model:
                 matchers.append(f'{Label.MODEL}=~"$model"')
                 version = f"$version|{DEFAULT_VERSION}" if source == TORCHSERVE else "$version"
@@ -75,6 +78,17 @@ class Queries:
         if extra:
             matchers.append(extra)
         return f"{metric}{{{', '.join(matchers)}}}" if matchers else metric
+
+    def host_matcher(self) -> str:
+        """Matcher for the dashboards' ``$host`` variable.
+
+        With ``host_label: instance`` the variable holds the host part of ``instance``, and
+        both jobs match whatever their port: TorchServe (8082) and the exporter (8083) on
+        one host or in one pod, or an exporter whose scrape config names TorchServe's host.
+        """
+        if self.host_label == "instance":
+            return 'instance=~"$host(:[0-9]+)?"'
+        return f'{self.host_label}=~"$host"'
 
     def exp(
         self, spec: MetricSpec, suffix: str = "", per_model: bool = True, extra: str = ""

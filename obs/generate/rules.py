@@ -27,6 +27,9 @@ HTTP_RECORD = "torchserve_http_responses"
 RARE_EVENT_WINDOW = "15m"
 """Window over which rare events (load failures, log drops) are counted."""
 
+CRASH_WINDOW = "5m"
+"""Window over which worker starts are counted; the dashboards' worker-starts panel uses it."""
+
 LOAD_WINDOW = "1h"
 GPU_IDLE_WINDOW = "30m"
 HOST_SMOOTHING = "10m"
@@ -251,7 +254,7 @@ def builtin_alerts(cfg: Mapping[str, Any]) -> List[AlertSpec]:
             ),
             expr=lambda t: (
                 f"sum {q.by(model_instance)} "
-                f"(increase({q.exp(Metrics.WORKER_STARTS)}[5m])) > {num(t or 0)}"
+                f"(increase({q.exp(Metrics.WORKER_STARTS)}[{CRASH_WINDOW}])) > {num(t or 0)}"
             ),
         ),
         AlertSpec(

@@ -49,3 +49,19 @@ ALL = (
     WORKER_LOAD_TIME_MS,
 )
 """Every TorchServe metric the generated queries use."""
+
+UNITS = {
+    INFERENCE_LATENCY_US: "microseconds",
+    QUEUE_LATENCY_US: "microseconds",
+    CPU_UTILIZATION: "percent",
+    MEMORY_USED_MB: "mebibytes",
+    MEMORY_UTILIZATION: "percent",
+    DISK_UTILIZATION: "percent",
+    DISK_AVAILABLE_GB: "gibibytes",
+    GPU_UTILIZATION: "percent",
+    GPU_MEMORY_UTILIZATION: "percent",
+    GPU_MEMORY_USED_MB: "mebibytes",
+    WORKER_LOAD_TIME_MS: "milliseconds",
+}
+"""Units of TorchServe's metrics that have one (``metrics.yaml``: MemoryUsed is in MB of
+2^20 bytes, as psutil reports it); the rest are counts."""
