@@ -184,13 +184,17 @@ class Ledger:
         self._pid = os.getpid()
         self._guard = threading.Lock()
         self.state = read_state(self._fd) or _new_state()
-        self.settled = 0
+        self.settled: Optional[int] = None
+        """Requests settled for the predecessor; None until :meth:`settle_predecessor`."""
 
     def settle_predecessor(self, lost_lines: LostLines) -> int:
-        """Settle what the previous owner of this identity left in flight; once."""
+        """Settle what the previous owner of this identity left in flight. Once per process:
+        later calls (a second handler in the same process) must not touch live batches."""
         with self._guard:
+            if self.settled is not None:
+                return 0
             settled = settle(self.state, lost_lines)
-            self.settled += settled
+            self.settled = settled
             self.state["pid"] = self._pid
             _write(self._fd, self.state)
             return settled
