@@ -98,20 +98,23 @@ def exception_label(exc: BaseException) -> str:
     return name if name in KNOWN_EXCEPTIONS else OTHER
 
 
-LATENCY_BUCKETS_PER_DECADE = 13
-"""Stage-latency buckets are geometric, 13 per decade (each bound 1.194x the previous, to four
-significant digits), from 1 ms to 10 s. Linear interpolation inside a bucket, which is what
-``histogram_quantile`` does, is then never further than 19.4% from the true value anywhere in
-that range, whatever the latency distribution (the worst case is every observation at one
-edge of a bucket and the estimate at the other). Above 10 s the bounds are coarse."""
+LATENCY_MANTISSAS = (1.0, 1.2, 1.4, 1.6, 1.8, 2.1, 2.5, 3.0, 3.5, 4.2, 5.0, 6.0, 7.0, 8.4)
+"""Stage-latency bounds per decade: round numbers no more than 1.2x apart that keep 1, 2.5 and
+5 (every bound of the earlier 2.5x buckets, so SLO thresholds such as 0.25 s or 0.5 s stay
+bounds). Linear interpolation inside a bucket, which is what ``histogram_quantile`` does, is
+then less than 20% from the true value anywhere from 1 ms to 10 s, whatever the latency
+distribution (the worst case is every observation at one edge of a bucket and the estimate at
+the other). Above 10 s the bounds are coarse."""
 
 LATENCY_BUCKETS = tuple(
-    float(f"{10 ** (-3 + k / LATENCY_BUCKETS_PER_DECADE):.4g}")
-    for k in range(4 * LATENCY_BUCKETS_PER_DECADE + 1)
-) + (20.0, 30.0, 60.0)
-"""56 bounds: 53 from 0.001 to 10.0 (decades exact), then 20, 30 and 60 s. Each stage of each
-model version therefore costs 59 series (56 bounds, ``+Inf``, ``_sum``, ``_count``): 236 for
-the four stages, before multiplying by Prometheus' per-target labels."""
+    round(mantissa * 10.0**exponent, 6)
+    for exponent in (-3, -2, -1, 0)
+    for mantissa in LATENCY_MANTISSAS
+) + (10.0, 20.0, 30.0, 60.0)
+"""60 bounds: 57 from 0.001 to 10.0, then 20, 30 and 60 s. Each stage of each model version
+therefore costs 63 series (60 bounds, ``+Inf``, ``_sum``, ``_count``): 252 for the four
+stages, before multiplying by Prometheus' per-target labels."""
+
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 FILL_RATIO_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 LOAD_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)

@@ -69,7 +69,8 @@ def histogram_quantile(q: float, bounds, observations) -> float:
 
 def test_latency_buckets_resolve_1ms_to_60s() -> None:
     assert LATENCY_BUCKETS[0] == 0.001 and LATENCY_BUCKETS[-1] == 60.0
-    assert {0.01, 0.1, 1.0, 10.0} <= set(LATENCY_BUCKETS)  # round bounds for SLO thresholds
+    old = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0}
+    assert old <= set(LATENCY_BUCKETS)  # SLO thresholds on the earlier bounds stay valid
     assert Metrics.STAGE_DURATION.buckets == LATENCY_BUCKETS
     assert Metrics.STAGE_DURATION.unit == "seconds"
 
@@ -95,7 +96,7 @@ def test_quantile_estimates_are_within_20_percent_from_2ms_to_10s() -> None:
                 worst = max(worst, abs(estimate - true) / true)
     assert worst <= 0.20, f"worst quantile error {worst:.1%}"
     ratios = [b / a for a, b in zip(LATENCY_BUCKETS, LATENCY_BUCKETS[1:]) if b <= 10.0]
-    assert max(ratios) < 1.2
+    assert max(ratios) <= 1.2 + 1e-9
 
 
 def test_model_labels_match_torchserve_metrics() -> None:
