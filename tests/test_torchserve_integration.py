@@ -72,8 +72,17 @@ def test_outputs_counts_and_completion_lines(torchserve, exporter) -> None:
     observed += [predict(torchserve.ports.inference_url, MODEL_NAME, r) for r in failing]
     plain += [predict(torchserve.ports.inference_url, PLAIN_MODEL_NAME, r) for r in failing]
 
-    # (a) byte for byte what the handler without the mixin answers
-    assert [(r.status, r.body) for r in observed] == [(r.status, r.body) for r in plain]
+    # (a) what the handler without the mixin answers. Byte for byte for the same batch is
+    # checked in-process (tests/test_mixin.py); here the two models batch the same requests
+    # differently, and torch's batched arithmetic may move the sixth decimal.
+    assert [r.status for r in observed] == [r.status for r in plain]
+    for mine, theirs in zip(observed, plain):
+        if mine.body != theirs.body:
+            mine_json, theirs_json = json.loads(mine.body), json.loads(theirs.body)
+            assert mine_json["label"] == theirs_json["label"]
+            assert mine_json["probabilities"] == pytest.approx(
+                theirs_json["probabilities"], abs=2e-6
+            )
     statuses = Counter(r.status for r in observed)
     assert set(statuses) == {200, 400, 503} and statuses[503] == 5
 
