@@ -58,6 +58,9 @@ def test_scale_cycles_leave_files_and_scrape_time_flat(tmp_path: Path, model_sto
                     total(samples, "tsobs_exporter_scrape_duration_seconds"),
                 )
             )
+            print(
+                f"cycle {cycle + 1}: sent {sent} counted {counted:.0f}; files, scrape s: {figures[-1]}"
+            )
         files = [f for f, _ in figures]
         seconds = [s for _, s in figures]
         print(
