@@ -204,7 +204,7 @@ def test_health_says_what_is_wrong_when_the_directory_goes(tmp_path: Path) -> No
 
 FORKING_WORKER = textwrap.dedent(
     """
-    import os, sys, threading
+    import os, signal, sys, threading
     from pathlib import Path
     from prometheus_client import Counter
     from obs.metrics import use_multiprocess_dir
@@ -217,6 +217,8 @@ FORKING_WORKER = textwrap.dedent(
             counter.inc(0)
     threading.Thread(target=hold_the_lock, daemon=True).start()
     child = os.fork()
+    if child == 0:
+        signal.alarm(30)  # a child deadlocked on an inherited lock must not outlive the test
     for _ in range(1000):  # parent and child write at the same time
         counter.inc()
     if child == 0:

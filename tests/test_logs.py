@@ -235,15 +235,18 @@ def test_sigterm_never_hangs_a_busy_worker(tmp_path) -> None:
             env=env,
             stdout=subprocess.PIPE,
         )
-        assert worker.stdout is not None and worker.stdout.readline() == b"busy\n"
-        time.sleep(rng.uniform(0.05, 0.4))
-        worker.send_signal(signal.SIGTERM)
-        signalled = time.monotonic()
         try:
-            code = worker.wait(timeout=3)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
-            raise AssertionError(f"round {round_}: still alive 3 s after SIGTERM") from None
+            assert worker.stdout is not None and worker.stdout.readline() == b"busy\n"
+            time.sleep(rng.uniform(0.05, 0.4))
+            worker.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            try:
+                code = worker.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                raise AssertionError(f"round {round_}: still alive 3 s after SIGTERM") from None
+        finally:
+            if worker.poll() is None:  # never leave a busy process behind
+                worker.kill()
+                worker.wait()
         assert code == -signal.SIGTERM, (round_, code)
         assert time.monotonic() - signalled < 3
