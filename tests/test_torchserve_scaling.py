@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from handler_mixins.example.build import MODEL_NAME
+from obs.services import http_get
 from obs.torchserve import TorchServe
 from obs.traffic import json_request, send_all
 from tests.conftest import start_exporter, start_torchserve
-from tests.support.traffic import scrape, total, wait_for
+from tests.support.traffic import parse_samples, total, wait_for
 
 pytestmark = pytest.mark.torchserve
 
@@ -48,8 +49,8 @@ def test_scale_cycles_leave_files_and_scrape_time_flat(tmp_path: Path, model_sto
             sent += len(responses)
             scale(server, 1)
             time.sleep(1.2)  # past the fold delay
-            scrape(exporter.metrics_url)  # folds the retired workers
-            samples = scrape(exporter.metrics_url)
+            http_get(exporter.metrics_url, timeout=60)  # folds the retired workers
+            samples = parse_samples(http_get(exporter.metrics_url, timeout=60).decode())
             counted = total(samples, "tsobs_requests_total", model_name=MODEL_NAME)
             assert counted == sent, f"cycle {cycle}: counted {counted}, sent {sent}"
             figures.append(
