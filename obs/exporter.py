@@ -36,6 +36,7 @@ from obs import archive, ledger, logs
 from obs.services import Service
 from obs.settings import Settings, metrics_dir_from_env, report
 from obs.signals import DEFAULT_PORTS, LostReason, Metrics, Outcome
+from obs.upstream import TorchServeMetrics, metrics_url, timeout_seconds
 
 HEALTH_PATH = "/-/healthy"
 SETTLE_INTERVAL_S = 5.0
@@ -108,10 +109,12 @@ class MetricsSource:
     def __init__(
         self,
         directory: Path,
+        upstream: Optional[TorchServeMetrics] = None,
         emitter: Optional[logs.LogEmitter] = None,
         fold_after_s: float = archive.FOLD_AFTER_S,
     ) -> None:
         self.directory = directory
+        self.upstream = upstream
         self._emitter = emitter
         self.fold_after_s = fold_after_s
         self._settling = threading.Lock()
@@ -119,6 +122,8 @@ class MetricsSource:
         self._live: Mapping[str, Tuple[str, str]] = {}
         self._own = CollectorRegistry()
         self._own.register(self)
+        if upstream is not None:
+            self._own.register(upstream)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         """The exporter's own gauges, computed at scrape time (prometheus_client collector)."""
@@ -167,7 +172,9 @@ class MetricsSource:
         return True
 
     def render(self, accept: str) -> Tuple[bytes, str]:
-        encoder, content_type = choose_encoder(accept)
+        # TorchServe's counters lack ``_total``: with them, only the text format is valid.
+        encoder, content_type = choose_encoder("" if self.upstream else accept)
+        upstream = self.upstream.fetch() if self.upstream else b""
         started = time.perf_counter()
         readings = self.ledgers()
         self._live = {
@@ -181,7 +188,7 @@ class MetricsSource:
         own = encoder(self._own)
         if body.endswith(b"# EOF\n"):  # OpenMetrics: one end marker, after both parts
             body = body[: -len(b"# EOF\n")]
-        return body + own, content_type
+        return body + own + upstream, content_type
 
 
 def count_files(directory: Path) -> int:
@@ -270,10 +277,12 @@ def run(args: argparse.Namespace) -> int:
     problem = MetricsSource(directory).problem()
     if problem is not None:
         raise UsageError(problem)
+    upstream = None
+    if args.torchserve_metrics:
+        upstream = TorchServeMetrics(args.torchserve_metrics, args.torchserve_timeout)
     try:
-        server = make_server(
-            MetricsSource(directory, fold_after_s=args.fold_after), args.host, args.port
-        )
+        source = MetricsSource(directory, upstream, fold_after_s=args.fold_after)
+        server = make_server(source, args.host, args.port)
     except OSError as err:
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {err.strerror}") from None
     print(
@@ -315,5 +324,19 @@ def register(subparsers: Any) -> None:
         metavar="SECONDS",
         help="fold a dead worker's counters into the archive and remove its files once its "
         f"ledger has been quiet this long (default: {archive.FOLD_AFTER_S:g})",
+    )
+    parser.add_argument(
+        "--torchserve-metrics",
+        metavar="URL",
+        type=metrics_url,
+        help="also serve TorchServe's own metrics, fetched from URL at each scrape "
+        "(e.g. http://127.0.0.1:8082/metrics), for setups that scrape one port (KServe)",
+    )
+    parser.add_argument(
+        "--torchserve-timeout",
+        type=timeout_seconds,
+        default=2.0,
+        metavar="SECONDS",
+        help="give up fetching TorchServe's metrics after this long (default: 2)",
     )
     parser.set_defaults(func=run)

@@ -24,8 +24,9 @@ from pythonjsonlogger.json import JsonFormatter
 
 from obs.context import add_batch_context
 from obs.fluent import FluentShipper
+from obs.logfile import LogFile, write_all
 from obs.settings import Settings
-from obs.signals import ECS_FIELDS, Field
+from obs.signals import ECS_EVENT_OUTCOME, ECS_FIELDS, ECS_OUTCOMES, Field
 
 LOGGER_NAME = "torchserve_obs"
 MAX_MESSAGE_LENGTH = 2048
@@ -67,7 +68,8 @@ class LogEmitter:
     """Renders records, writes them as whole lines, and hands them to the Fluentd shipper.
 
     A batch of records is written with one write and one flush, so lines from the same
-    batch are never interleaved with TorchServe's own output.
+    batch are never interleaved with TorchServe's own output. Lines go to ``log_file`` if
+    given, else to ``stream`` (stdout by default).
     """
 
     def __init__(
@@ -75,22 +77,23 @@ class LogEmitter:
         settings: Settings,
         stream: Optional[TextIO] = None,
         shipper: Optional[FluentShipper] = None,
+        log_file: Optional[LogFile] = None,
     ) -> None:
-        self._rename: Optional[Mapping[str, str]] = (
-            ECS_FIELDS if settings.log_fields == "ecs" else None
-        )
+        self._ecs = settings.log_fields == "ecs"
         self._stream = stream
+        self._log_file = log_file
         self._shipper = shipper
         self._lock = threading.Lock()
 
     def emit(self, records: Sequence[Mapping[str, Any]]) -> None:
-        if self._rename:
-            rename = self._rename
-            records = [{rename.get(key, key): value for key, value in r.items()} for r in records]
+        if self._ecs:
+            records = [to_ecs(r) for r in records]
         data = b"\n".join([render(r) for r in records]) + b"\n"
-        stream = self._stream or sys.stdout
         with self._lock:
-            write_lines(stream, data)
+            if self._log_file is not None:
+                self._log_file.write(data)
+            else:
+                write_lines(self._stream or sys.stdout, data)
         if self._shipper is not None:
             for record in records:
                 self._shipper.ship(record)
@@ -98,6 +101,15 @@ class LogEmitter:
     def close(self) -> None:
         if self._shipper is not None:
             self._shipper.close()
+
+
+def to_ecs(record: Mapping[str, Any]) -> Record:
+    """ECS names for a record; ``event.outcome`` gets one of the values ECS allows."""
+    renamed = {ECS_FIELDS.get(key, key): value for key, value in record.items()}
+    outcome = record.get(Field.OUTCOME)
+    if outcome is not None:
+        renamed[ECS_EVENT_OUTCOME] = ECS_OUTCOMES.get(outcome, "unknown")
+    return renamed
 
 
 def write_lines(stream: TextIO, data: bytes) -> None:
@@ -113,9 +125,7 @@ def write_lines(stream: TextIO, data: bytes) -> None:
         stream.write(data.decode())
         stream.flush()
         return
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+    write_all(fd, data)
 
 
 _emitter: Optional[LogEmitter] = None
@@ -143,11 +153,13 @@ def configure(
     must be created in the process that uses it.
     """
     global _emitter
+    log_file = None
     if stream is None and settings.log_file is not None:
-        settings.log_file.parent.mkdir(parents=True, exist_ok=True)
         # Append mode: each batch is one write(), so workers sharing the file never
         # interleave inside a line.
-        stream = open(settings.log_file, "a", encoding="utf-8")  # open for the process lifetime
+        log_file = LogFile(
+            settings.log_file, settings.log_file_max_bytes, settings.log_file_backups
+        )
     shipper = None
     if settings.fluent_host:
         shipper = FluentShipper(
@@ -159,7 +171,10 @@ def configure(
             on_drop=on_drop,
         )
     with _emitter_lock:
-        previous, _emitter = _emitter, LogEmitter(settings, stream=stream, shipper=shipper)
+        previous, _emitter = (
+            _emitter,
+            LogEmitter(settings, stream=stream, shipper=shipper, log_file=log_file),
+        )
     if previous is not None:
         previous.close()
     if shipper is not None:

@@ -62,6 +62,10 @@ class Settings:
     log_file: Optional[Path] = None
     """Append JSON lines to this file instead of stdout. TorchServe's frontend re-logs every
     stdout line through log4j, which costs throughput; a file also suits a log shipper."""
+    log_file_max_bytes: int = 100 * 1024 * 1024
+    """Rotate ``log_file`` past this size (checked once a second); 0: never (logrotate may)."""
+    log_file_backups: int = 5
+    """Rotated files kept beside ``log_file`` (``.1`` the newest)."""
     fluent_host: Optional[str] = None
     """Fluentd forward endpoint; shipping is off while unset (or while a Fluentd setting is bad)."""
     fluent_port: int = 24224
@@ -106,11 +110,18 @@ class Settings:
         interval = _int(
             env, "TSOBS_GPU_SAMPLE_INTERVAL_S", 15, 1, 3600, "GPU memory is not sampled", problems
         )
+        rotation = "the log file is rotated at the defaults (100 MiB, 5 kept)"
+        max_bytes = _int(
+            env, "TSOBS_LOG_FILE_MAX_BYTES", 100 * 1024 * 1024, 0, 1 << 50, rotation, problems
+        )
+        backups = _int(env, "TSOBS_LOG_FILE_BACKUPS", 5, 1, 1000, rotation, problems)
         return cls(
             metrics_dir=metrics_dir_from_env(env),
             log_fields=log_fields,
             log_level=log_level,
             log_file=_log_file(env, problems),
+            log_file_max_bytes=_default(max_bytes, 100 * 1024 * 1024),
+            log_file_backups=_default(backups, 5),
             fluent_host=fluent_host,
             fluent_port=fluent_port or 24224,
             fluent_tag=env.get("TSOBS_FLUENT_TAG", "torchserve"),
@@ -164,6 +175,10 @@ def _int(
         problems.append(Problem(name, raw, f"is not between {low} and {high}", disabled))
         return None
     return value
+
+
+def _default(value: Optional[int], default: int) -> int:
+    return default if value is None else value
 
 
 def _log_file(env: Mapping[str, str], problems: List[Problem]) -> Optional[Path]:

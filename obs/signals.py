@@ -296,6 +296,22 @@ class Metrics:
         unit="seconds",
         by_exporter=True,
     )
+    EXPORTER_TORCHSERVE_UP = MetricSpec(
+        f"{PREFIX}exporter_torchserve_up",
+        "gauge",
+        "1 when this scrape carries TorchServe's own metrics, fetched from its metrics port "
+        "(exporter --torchserve-metrics), 0 when fetching or parsing them failed.",
+        (),
+        by_exporter=True,
+    )
+    EXPORTER_TORCHSERVE_FETCH_DURATION = MetricSpec(
+        f"{PREFIX}exporter_torchserve_fetch_duration_seconds",
+        "gauge",
+        "Time this scrape spent fetching TorchServe's own metrics (bounded by the timeout).",
+        (),
+        unit="seconds",
+        by_exporter=True,
+    )
 
 
 def all_metrics() -> Tuple[MetricSpec, ...]:
@@ -361,7 +377,7 @@ ECS_FIELDS: Dict[str, str] = {
     Field.CLIENT_REQUEST_ID: "http.request.id",
     Field.TRACE_ID: "trace.id",
     Field.SPAN_ID: "span.id",
-    Field.OUTCOME: "event.outcome",
+    Field.OUTCOME: "torchserve.outcome",
     Field.STATUS: "http.response.status_code",
     Field.REASON: "event.reason",
     Field.WORKER: "torchserve.worker",
@@ -378,6 +394,17 @@ ECS_FIELDS: Dict[str, str] = {
     Field.EXCEPTION: "error.stack_trace",
 }
 """Elastic Common Schema names, used when ``TSOBS_LOG_FIELDS=ecs``. Flat dotted keys."""
+
+ECS_EVENT_OUTCOME = "event.outcome"
+"""ECS's outcome field, whose only allowed values are ``success``, ``failure`` and ``unknown``;
+our three-way class stays in ``ECS_FIELDS[Field.OUTCOME]``."""
+
+ECS_OUTCOMES: Dict[str, str] = {
+    Outcome.SUCCESS: "success",
+    Outcome.CLIENT_ERROR: "failure",
+    Outcome.SERVER_ERROR: "failure",
+}
+"""``event.outcome`` for each of our outcomes; anything else is ``unknown``."""
 
 DEFAULT_PORTS: Dict[str, int] = {
     "inference": 8080,

@@ -15,7 +15,7 @@ import pytest
 from handler_mixins.example.build import MODEL_NAME, PLAIN_MODEL_NAME, build_archives
 from obs.exporter import exporter_service
 from obs.services import Service, free_port, wait_until_http_ok
-from obs.torchserve import TorchServe, TorchServePorts
+from obs.torchserve import LOG4J_CONFIG, TorchServe, TorchServePorts
 
 
 @pytest.fixture(scope="session")
@@ -30,15 +30,19 @@ def start_torchserve(
     model_store: Path,
     first_worker_port: int,
     models: Sequence[str] = (MODEL_NAME, PLAIN_MODEL_NAME),
+    log_config: Optional[Path] = LOG4J_CONFIG,
     **env: str,
 ) -> TorchServe:
-    """A TorchServe serving the example models; its workers' metrics go to ``workdir/metrics``."""
+    """A TorchServe serving the example models; its workers' metrics go to ``workdir/metrics``.
+
+    ``log_config`` None: TorchServe's stock log4j2 config instead of ours."""
     server = TorchServe(
         workdir=workdir,
         model_store=model_store,
         ports=TorchServePorts.free(first_worker_port),
         load_models=",".join(f"{name}={name}.mar" for name in models),
         env={"PROMETHEUS_MULTIPROC_DIR": str(workdir / "metrics"), **env},
+        log_config=log_config,
         # Tests register and unregister model versions (a rollout) through the management API.
         extra_config={"enable_model_api": "true"},
     )

@@ -33,12 +33,12 @@ def _generate(tmp_path: Path, cfg_text: str = "") -> Path:
 
 
 def test_committed_outputs_are_fresh(tmp_path: Path) -> None:
-    """CI fails when dashboards/ or alerts/ differ from what the defaults generate."""
+    """CI fails when dashboards/, alerts/ or kubernetes/ differ from what the defaults generate."""
     out = _generate(tmp_path)
     generated = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
     committed = sorted(
         p.relative_to(REPO)
-        for d in ("dashboards", "alerts")
+        for d in ("dashboards", "alerts", "kubernetes")
         for p in (REPO / d).rglob("*")
         if p.is_file() and "tests" not in p.relative_to(REPO).parts
     )

@@ -52,10 +52,12 @@ TEST_CONFIG = {
     "rate_window": WINDOW,
     "min_request_rate": 0.1,
     "slo": {
+        # A 1-hour SLO window: 12% of its budget in 30 s is the workbook's 14.4x burn.
+        "window": "1h",
         "burn_windows": {
-            "fast": [{"long": "30s", "short": WINDOW, "factor": 14.4}],
-            "slow": [{"long": "1m", "short": "20s", "factor": 1}],
-        }
+            "fast": [{"long": "30s", "short": WINDOW, "budget": 0.12}],
+            "slow": [{"long": "1m", "short": "20s", "budget": 0.0167}],
+        },
     },
     "alerts": {"TorchServeModelErrorRatioHigh": {"for": "5s"}},
 }

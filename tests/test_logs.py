@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import time
 
 from obs import logs
@@ -250,3 +251,86 @@ def test_sigterm_never_hangs_a_busy_worker(tmp_path) -> None:
                 worker.wait()
         assert code == -signal.SIGTERM, (round_, code)
         assert time.monotonic() - signalled < 3
+
+
+def test_ecs_outcome_takes_only_the_values_ecs_allows() -> None:
+    stream = io.StringIO()
+    emitter = logs.LogEmitter(Settings.from_env({"TSOBS_LOG_FIELDS": "ecs"}), stream=stream)
+    emitter.emit(
+        [{"level": "info", "outcome": o} for o in ("success", "client_error", "server_error")]
+        + [{"level": "info", "event": "no outcome here"}]
+    )
+    got = lines(stream)
+    assert [r.get("event.outcome") for r in got] == ["success", "failure", "failure", None]
+    assert [r.get("torchserve.outcome") for r in got] == [
+        "success",
+        "client_error",
+        "server_error",
+        None,
+    ]
+    assert all("outcome" not in r and "level" not in r for r in got)
+
+
+def test_values_msgpack_cannot_pack_are_shipped_as_the_json_line_has_them() -> None:
+    import datetime
+    import uuid
+
+    port = free_port()
+    receiver = ForwardReceiver(port)
+    drops: dict = {}
+    shipper = FluentShipper(
+        "127.0.0.1", port, "torchserve", 100, 1 << 20, lambda r, n: drops.update({r: n})
+    )
+    when = datetime.datetime(2026, 11, 27, 12, 0, 1, 123456, tzinfo=datetime.timezone.utc)
+    record = {"event": "user line", "when": when, "id": uuid.UUID(int=7), "obj": object}
+    shipper.ship(record)
+    shipper.close()
+    (received,) = wait_for(receiver.snapshot, 10, "the record at the test receiver")
+    receiver.close()
+    assert received == json.loads(logs.render(record)) and not drops
+    assert received["when"] == "2026-11-27T12:00:01.123456+00:00"
+
+
+def _all_lines(path) -> list:
+    files = [path, *sorted(path.parent.glob(path.name + ".*[0-9]"))]
+    return [json.loads(line) for f in files for line in f.read_text().splitlines()]
+
+
+def test_log_file_rotates_by_size_across_writers_without_losing_a_line(
+    tmp_path, monkeypatch
+) -> None:
+    from obs import logfile
+
+    monkeypatch.setattr(logfile, "CHECK_INTERVAL_S", 0.0)  # check at every write
+    path = tmp_path / "tsobs.jsonl"
+    workers = [logfile.LogFile(path, max_bytes=4000, backups=100) for _ in range(2)]
+    for n in range(600):
+        workers[n % 2].write(logs.render({"n": n, "pad": "x" * 40}) + b"\n")
+    backups = sorted(tmp_path.glob("tsobs.jsonl.*[0-9]"))
+    assert len(backups) >= 5  # rotated, and more than once
+    assert sorted(r["n"] for r in _all_lines(path)) == list(range(600))
+    # A writer can add at most one batch past the limit before it rotates.
+    assert all(f.stat().st_size < 4000 + 100 for f in [path, *backups])
+
+
+def test_log_file_keeps_the_last_backups_and_follows_an_outside_rotation(
+    tmp_path, monkeypatch
+) -> None:
+    from obs import logfile
+
+    monkeypatch.setattr(logfile, "CHECK_INTERVAL_S", 0.0)
+    path = tmp_path / "tsobs.jsonl"
+    writer = logfile.LogFile(path, max_bytes=500, backups=2)
+    for n in range(100):
+        writer.write(logs.render({"n": n, "pad": "x" * 40}) + b"\n")
+    rotated = logfile.rotated_files(path)
+    assert len(rotated) == 2
+    assert all(re.fullmatch(r"tsobs\.jsonl\.\d{8}T\d{12}", p.name) for p in rotated)
+    kept = sorted(r["n"] for r in _all_lines(path))
+    assert kept[-1] == 99 and kept[0] > 0  # the newest lines kept, the oldest deleted
+    assert kept == list(range(kept[0], 100))
+    # logrotate with "create": the file is renamed away; the next write goes to a new one.
+    unbounded = logfile.LogFile(path, max_bytes=0, backups=1)
+    path.rename(tmp_path / "rotated-by-logrotate")
+    unbounded.write(b'{"n": "after"}\n')
+    assert json.loads(path.read_text()) == {"n": "after"}

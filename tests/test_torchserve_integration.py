@@ -119,7 +119,7 @@ def test_outputs_counts_and_completion_lines(torchserve, exporter) -> None:
 
     def lines_for_all() -> Dict[str, List[dict]]:
         by_id: Dict[str, List[dict]] = {}
-        for record in completions(json_log_lines(torchserve.model_log), MODEL_NAME):
+        for record in completions(json_log_lines(torchserve.json_log), MODEL_NAME):
             if record.get("request_id") in ids:
                 by_id.setdefault(record["request_id"], []).append(record)
         return by_id if len(by_id) == len(ids) else {}
@@ -136,7 +136,7 @@ def test_outputs_counts_and_completion_lines(torchserve, exporter) -> None:
         for field in ("client_request_id", "trace_id", "span_id"):
             assert line.get(field) == wanted.get(field), (field, line)
     failed_batches = [
-        r for r in json_log_lines(torchserve.model_log) if r.get("event") == "batch_failed"
+        r for r in json_log_lines(torchserve.json_log) if r.get("event") == "batch_failed"
     ]
     failing_ids = {r.request_id for r in observed[-5:]}
     logged_failures = [r for r in failed_batches if set(r["request_ids"]) & failing_ids]
