@@ -39,7 +39,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
 
 def completion_lines(server: TorchServe, model: str, ids: set) -> dict:
     lines = {}
-    for record in completions(json_log_lines(server.model_log), model):
+    for record in completions(json_log_lines(server.json_log), model):
         if record.get("request_id") in ids:
             lines.setdefault(record["request_id"], []).append(record)
     return lines if len(lines) == len(ids) else {}

@@ -152,9 +152,9 @@ def _worker_died(response: Response) -> bool:
 
 
 def all_completions(torchserve, exporter_log: Path) -> List[dict]:
-    """Completion lines of ``tiny`` from the workers (model_log) and from the exporter, which
+    """Completion lines of ``tiny`` from the workers (their JSON log) and from the exporter, which
     writes the lines of the requests it settles for dead workers to its stdout."""
-    records = json_log_lines(torchserve.model_log)
+    records = json_log_lines(torchserve.json_log)
     if exporter_log.exists():
         for line in exporter_log.read_text(errors="replace").splitlines():
             if line.startswith("{"):
@@ -332,7 +332,7 @@ def test_bad_settings_never_reach_a_request(
                 ids
                 <= {
                     r.get("request_id")
-                    for r in completions(json_log_lines(server.model_log), MODEL_NAME)
+                    for r in completions(json_log_lines(server.json_log), MODEL_NAME)
                 }
             ),
             what="completion lines: logs stay on",
