@@ -193,26 +193,47 @@ _exit_hooks: List[bool] = []
 def _flush_at_exit() -> None:
     """Flush the Fluentd queue when the worker exits or is sent SIGTERM, then exit as before.
 
-    Once per process. A SIGKILLed worker loses what was still queued: nothing can run then.
+    Once per process. The SIGTERM handler itself takes no lock, writes no metric and does
+    no blocking I/O (the interrupted code may hold prometheus_client's non-reentrant lock):
+    it restores the default action and wakes a thread started here, which flushes (for up
+    to 2 s, counting what is left) and then sends SIGTERM again, so the process still dies
+    of SIGTERM. A SIGKILLed worker loses what was still queued: nothing can run then.
     """
     if _exit_hooks:
         return
     _exit_hooks.append(True)
     atexit.register(_close_emitter)
     previous = signal.getsignal(signal.SIGTERM)
+    if previous == signal.SIG_IGN:
+        return
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_write, False)
+    owner = os.getpid()
+
+    def terminate_after_flush() -> None:
+        os.read(wake_read, 1)
+        try:
+            _close_emitter()
+        finally:
+            os.kill(owner, signal.SIGTERM)
 
     def on_sigterm(signum: int, frame: Any) -> None:
-        _close_emitter()
-        if callable(previous):
-            previous(signum, frame)
-        elif previous != signal.SIG_IGN:
-            signal.signal(signum, signal.SIG_DFL)
+        signal.signal(signum, previous if callable(previous) else signal.SIG_DFL)
+        if os.getpid() != owner:  # a forked child: the flushing thread is not here
             os.kill(os.getpid(), signum)
+            return
+        try:
+            os.write(wake_write, b"x")
+        except OSError:  # already woken
+            pass
 
     try:
         signal.signal(signal.SIGTERM, on_sigterm)
     except ValueError:  # not the main thread: atexit alone
-        pass
+        os.close(wake_read)
+        os.close(wake_write)
+        return
+    threading.Thread(target=terminate_after_flush, name="tsobs-sigterm", daemon=True).start()
 
 
 def limit_exception(_logger: Any, _method: str, event: Record) -> Record:

@@ -64,9 +64,14 @@ class Exporter(NamedTuple):
         return f"{self.url}/metrics"
 
 
-def start_exporter(workdir: Path, metrics_dir: Path) -> Exporter:
+def start_exporter(
+    workdir: Path, metrics_dir: Path, fold_after_s: Optional[float] = None
+) -> Exporter:
     port = free_port()
-    service = exporter_service(metrics_dir, port, workdir / "exporter.out").start()
+    service = exporter_service(
+        metrics_dir, port, workdir / "exporter.out", fold_after_s=fold_after_s
+    )
+    service.start()
     exporter = Exporter(service, f"http://127.0.0.1:{port}")
     wait_until_http_ok(f"{exporter.url}/-/healthy", 30, service.process)
     return exporter

@@ -68,7 +68,7 @@ def test_example_config_is_valid_and_documents_every_key() -> None:
         ("dashboards: {kibana_url: 'kibana:5601'}", "dashboards.kibana_url"),
         ("dashboards: {log_fields: json}", "dashboards.log_fields"),
         ("colour: blue", "colour"),
-        ("slo: {latency: {threshold_seconds: 0.3}}", "slo.latency.threshold_seconds"),
+        ("slo: {latency: {threshold_seconds: 0.33}}", "slo.latency.threshold_seconds"),
         (
             "alerts: {TorchServeTargetDown: {severity: page}}",
             "alerts.TorchServeTargetDown.severity",
@@ -98,7 +98,7 @@ rate_window: five minutes
 min_request_rate: -1
 slo:
   availability: 1.5
-  latency: {threshold_seconds: 0.3}
+  latency: {threshold_seconds: 0.33}
 dashboards: {uid_prefix: Has Spaces}
 alerts:
   TorchServeModelErrorRatioHigh: {threshold: high, severity: page}
@@ -112,7 +112,7 @@ alerts:
         ("rate_window", "'five minutes'"),
         ("min_request_rate", "-1"),
         ("slo.availability", "1.5"),
-        ("slo.latency.threshold_seconds", "0.3"),
+        ("slo.latency.threshold_seconds", "0.33"),
         ("dashboards.uid_prefix", "'Has Spaces'"),
         ("alerts.TorchServeModelErrorRatioHigh.threshold", "'high'"),
         ("alerts.TorchServeModelErrorRatioHigh.severity", "'page'"),

@@ -114,15 +114,39 @@ def test_shipper_delivers_records_unchanged() -> None:
     assert set(receiver.tags) == {"torchserve"}
 
 
-def test_bad_settings_are_refused_with_the_variable_named() -> None:
-    import pytest
+def test_a_bad_setting_disables_only_what_it_configures(capsys, tmp_path, monkeypatch) -> None:
+    (tmp_path / "a-file").write_text("")  # a file where the log file's folder should be
+    settings = Settings.from_env(
+        {
+            "TSOBS_FLUENT_HOST": "127.0.0.1",
+            "TSOBS_FLUENT_PORT": "abc",
+            "TSOBS_LOG_FIELDS": "splunk",
+            "TSOBS_GPU_SAMPLE_INTERVAL_S": "-1",
+            "TSOBS_LOG_FILE": str(tmp_path / "a-file" / "x.log"),
+        }
+    )
+    assert settings.fluent_host is None and settings.gpu_sample_interval_s is None
+    assert settings.log_fields == "otel" and settings.log_file is None
+    messages = [p.message() for p in settings.problems]
+    assert len(messages) == 4
+    for variable, value, disabled in (
+        ("TSOBS_FLUENT_PORT", "'abc'", "Fluentd shipping is off"),
+        ("TSOBS_LOG_FIELDS", "'splunk'", "field names are otel"),
+        ("TSOBS_GPU_SAMPLE_INTERVAL_S", "'-1'", "GPU memory is not sampled"),
+        ("TSOBS_LOG_FILE", "a-file", "JSON lines go to stdout"),
+    ):
+        (message,) = [m for m in messages if m.startswith(f"torchserve-obs: {variable}=")]
+        assert value in message and disabled in message
+    from obs.settings import report
 
-    from obs.settings import SettingsError
-
-    with pytest.raises(SettingsError, match="TSOBS_FLUENT_PORT"):
-        Settings.from_env({"TSOBS_FLUENT_PORT": "abc"})
-    with pytest.raises(SettingsError, match="TSOBS_LOG_FIELDS"):
-        Settings.from_env({"TSOBS_LOG_FIELDS": "splunk"})
+    report(settings.problems)
+    report(Settings.from_env({"TSOBS_FLUENT_PORT": "abc"}).problems)
+    said = capsys.readouterr().err
+    assert said.count("TSOBS_FLUENT_PORT") == 1  # once per process
+    monkeypatch.setenv("TSOBS_FLUENT_PORT", "abc")
+    monkeypatch.setenv("TSOBS_GPU_SAMPLE_INTERVAL_S", "-1")
+    monkeypatch.setenv("TSOBS_LOG_LEVEL", "loud")
+    logs.get_logger("user").info("still logging")  # never raises into the handler
 
 
 SHUTDOWN_WORKER = """
@@ -174,6 +198,59 @@ def test_huge_exceptions_are_cut_to_a_bounded_line(monkeypatch) -> None:
         assert record["exception"].startswith("[truncated]") and record["exception"].endswith(
             "the end"
         )
+
+
+BUSY_WORKER = """
+import os, sys
+from pathlib import Path
+from obs import logs
+from obs.metrics import ModelInstruments, ProcessInstruments, use_multiprocess_dir
+from obs.settings import Settings
+use_multiprocess_dir(Path(sys.argv[1]), "w9000")
+process = ProcessInstruments()
+metrics = ModelInstruments("m", "1")
+emitter = logs.configure(Settings.from_env(), on_drop=process.count_dropped, stream=open(os.devnull, "w"))
+print("busy", flush=True)
+while True:  # a worker in inference: metric writes hold prometheus_client's lock all the time
+    for _ in range(50):
+        metrics.stage_seconds["inference"].observe(0.01)
+        process.count_dropped("queue_full", 0)
+    emitter.emit([{"event": "request_completed"}])
+"""
+
+
+def test_sigterm_never_hangs_a_busy_worker(tmp_path) -> None:
+    """20 rounds: SIGTERM lands anywhere in a worker busy writing metrics and lines; each
+    exits within 3 s (the handler used to deadlock on prometheus_client's lock)."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TSOBS_FLUENT_HOST": "127.0.0.1", "TSOBS_FLUENT_PORT": str(free_port())}
+    rng = random.Random(6)
+    for round_ in range(20):
+        worker = subprocess.Popen(
+            [sys.executable, "-c", BUSY_WORKER, str(tmp_path / str(round_))],
+            env=env,
+            stdout=subprocess.PIPE,
+        )
+        try:
+            assert worker.stdout is not None and worker.stdout.readline() == b"busy\n"
+            time.sleep(rng.uniform(0.05, 0.4))
+            worker.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            try:
+                code = worker.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                raise AssertionError(f"round {round_}: still alive 3 s after SIGTERM") from None
+        finally:
+            if worker.poll() is None:  # never leave a busy process behind
+                worker.kill()
+                worker.wait()
+        assert code == -signal.SIGTERM, (round_, code)
+        assert time.monotonic() - signalled < 3
 
 
 def test_ecs_outcome_takes_only_the_values_ecs_allows() -> None:
