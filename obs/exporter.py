@@ -72,7 +72,7 @@ class WorkerFiles:
     """prometheus_client's multiprocess aggregation over the files worth reading.
 
     Counters and histograms come from every file, dead workers' included, so totals never
-    drop; gauges only from workers with a recent heartbeat (see :mod:`obs.heartbeat`).
+    drop; gauges only from live workers: a live process holds its ledger lock (see :mod:`obs.ledger`).
     """
 
     def __init__(

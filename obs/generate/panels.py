@@ -342,8 +342,8 @@ class _Panels:
                 "Versions serving: live workers",
                 "short",
                 f"sum {q.by(by)} ({q.exp(Metrics.WORKERS)})",
-                description="One bar per model version with live workers (heartbeat in the "
-                "last 45 s): the versions serving now. Red at 0.",
+                description="One bar per model version with live workers (a live process holds "
+                "the worker's ledger): the versions serving now. Red at 0.",
                 action="A version you registered is missing: its workers failed to load "
                 "(see Model loads by outcome); one you unregistered still shows: it is "
                 "still registered.",
@@ -457,7 +457,7 @@ class _Panels:
             "Live workers",
             "short",
             Query(f"sum {q.by(by)} ({q.exp(Metrics.WORKERS)})", _legend(by)),
-            description="Worker processes whose heartbeat the exporter saw in the last 45 s. "
+            description="Worker processes alive now: the exporter sees each live worker hold its ledger. "
             "Red at 0.",
             action="0 with traffic arriving: the model has no worker; check model loads, "
             "TorchServe's management API (GET /models/<name>) and its log.",
