@@ -1,8 +1,8 @@
 """Series a TorchServe fleet costs, and what a real Prometheus spends on our rules and dashboards.
 
 One pod's exposition is built from the real code: the mixin's metrics written by one process
-identity per worker (as TorchServe's workers do) and aggregated by the exporter's
-``MetricsSource``, plus TorchServe's own series enumerated from the installed
+identity per worker (as TorchServe's workers do) and aggregated by the
+exporter (run as its own process), plus TorchServe's own series enumerated from the installed
 ``ts/configs/metrics.yaml``. Every label value the mixin pre-creates is there, plus one error
 series per model. The fleet (``--pods`` copies, labelled as the PodMonitor labels them) is
 written as OpenMetrics with ``--history`` of samples every ``--step`` and turned into TSDB
@@ -46,24 +46,32 @@ MACROS = {"$__rate_interval": "2m", "$__interval": "30s", "$__range": "30m"}
 
 
 def mixin_series(models: List[str], workers: int, scratch: Path) -> List[Series]:
-    """The exporter's exposition for one pod whose models each run ``workers`` workers."""
+    """The exporter's exposition for one pod whose models each run ``workers`` workers.
+
+    This process plays every worker (each holds its ledger, so the exporter sees it alive);
+    the exporter runs as its own process, as in the pod, and is scraped once.
+    """
     from prometheus_client.parser import text_string_to_metric_families
 
-    from obs import heartbeat
-    from obs.exporter import MetricsSource
+    from obs import ledger
+    from obs.exporter import exporter_service
     from obs.metrics import ModelInstruments, use_multiprocess_dir
+    from obs.services import free_port, http_get, wait_until_http_ok
     from obs.signals import Outcome, Stage
 
     directory = scratch / "metrics"
     port = 9000
     for model in models:
+        key = ledger.model_key(model, "1.0")
         for _ in range(workers):
             identity = f"w{port}"
             port += 1
             use_multiprocess_dir(directory, identity)
+            book = ledger.open_ledger(directory, identity, lost_lines=lambda _batches: None)
+            book.start(key)
+            book.loaded(key, True)
+            book.finish(f"{identity}-1", key, [10] * len(Outcome.ALL))
             instruments = ModelInstruments(model, "1.0")
-            for outcome in Outcome.ALL:
-                instruments.requests[outcome].inc(10)
             for stage in Stage.TIMED:
                 for seconds in (0.004, 0.03, 0.2):
                     instruments.stage_seconds[stage].observe(seconds)
@@ -71,12 +79,16 @@ def mixin_series(models: List[str], workers: int, scratch: Path) -> List[Series]
             instruments.batch_fill.observe(0.5)
             instruments.count_error(Stage.INFERENCE, "RuntimeError")
             instruments.load_seconds.observe(3.0)
-            instruments.loads[Outcome.SUCCESS].inc()
-            instruments.worker_starts.inc()
             instruments.set_info("handler.Handler", "2.13.0", "0.12.0", "3.9.21")
             instruments.torch_mismatch.set(0)
-            heartbeat.start(directory, identity, model, "1.0", interval_s=3600)
-    text = MetricsSource(directory).render("")[0].decode()
+    exporter_port = free_port()
+    exporter = exporter_service(directory, exporter_port, scratch / "exporter.out").start()
+    try:
+        url = f"http://127.0.0.1:{exporter_port}"
+        wait_until_http_ok(f"{url}/-/healthy", 60, exporter.process)
+        text = http_get(f"{url}/metrics", timeout=60).decode()
+    finally:
+        exporter.stop()
     out = []
     for family in text_string_to_metric_families(text):
         cumulative = family.type in ("counter", "histogram")
