@@ -22,6 +22,7 @@ import logging
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -178,6 +179,19 @@ def targets(per_request: Dict[str, Any], saturated: Dict[str, Any]) -> List[Dict
     return rows
 
 
+def code_version() -> Dict[str, Any]:
+    """The commit measured, and whether the checkout differed from it."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
+        return done.stdout.strip()
+
+    return {
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "modified": bool(git("status", "--porcelain")),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     size = parser.add_mutually_exclusive_group()
@@ -200,6 +214,7 @@ def main() -> None:
         if not args.in_process_only:
             saturated = saturation.measure(phases, rounds, seconds, Path(scratch))
     report = {
+        "code": code_version(),
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
