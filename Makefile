@@ -19,9 +19,8 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	@echo "== installing torch 2.13.0, TorchServe 0.12 and this package (a few minutes: torch is about 200 MB as a CPU build, several GB as a CUDA build)"
 	$(BIN)/python -m pip install torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	# compat mode: the checkout goes on sys.path (a .pth), and setuptools prints no warning box.
-	$(BIN)/python -m pip install --config-settings editable_mode=compat \
-	    -e '.[torchserve,generate,dev]'
+	# PYTHONWARNINGS: setuptools' editable install prints a warning box nobody can act on.
+	PYTHONWARNINGS=ignore::UserWarning $(BIN)/python -m pip install -e '.[torchserve,generate,dev]'
 	@$(BIN)/python -c 'import torch; print("== torch", torch.__version__, "(CUDA " + str(torch.version.cuda) + ")" if torch.version.cuda else "(CPU build)")'
 	touch $@
 

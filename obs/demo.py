@@ -64,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
     server = TorchServe(
         workdir=workdir / "torchserve",
         model_store=store,
-        ports=TorchServePorts.free(),
+        # Worker sockets are /tmp/.ts.sock.PORT whatever TMPDIR says: numbers of its own.
+        ports=TorchServePorts.free(first_worker=free_port()),
         load_models=f"{MODEL_NAME}={MODEL_NAME}.mar",
         env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
     )

@@ -182,6 +182,7 @@ def render_grafana_provisioning(
 ) -> None:
     """Grafana's provisioning folder with the datasource on loopback and the repo's dashboards."""
     import yaml  # from the torchserve or generate extra: the exporter runs without it
+
     for path in source.rglob("*.yml"):
         document = yaml.safe_load(path.read_text())
         for datasource in document.get("datasources", []):
@@ -340,6 +341,7 @@ class Stack:
 
     def start_alertmanager(self, binary: str, compose: Path) -> None:
         import yaml  # from the torchserve or generate extra: the exporter runs without it
+
         config = render_alertmanager(
             yaml.safe_load((compose / "alertmanager" / "alertmanager.yml").read_text()),
             self.args.webhook_url,
@@ -368,6 +370,7 @@ class Stack:
 
     def start_prometheus(self, binary: str, compose: Path) -> None:
         import yaml  # from the torchserve or generate extra: the exporter runs without it
+
         config = render_prometheus(
             yaml.safe_load((compose / "prometheus" / "prometheus.yml").read_text()),
             self.state.ports,
@@ -435,6 +438,7 @@ class Stack:
 
     def _write_yaml(self, name: str, document: Mapping[str, Any]) -> Path:
         import yaml  # from the torchserve or generate extra: the exporter runs without it
+
         path = (self.state_dir / name).resolve()
         path.write_text(yaml.safe_dump(dict(document), sort_keys=False))
         return path
@@ -557,27 +561,69 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"where pids, ports, configs and logs are kept (default: {DEFAULT_STATE_DIR})",
     )
 
-    start = actions.add_parser("up", parents=[common], help="start the stack")
-    start.add_argument("--compose-dir", default=str(REPO / "compose"), help="the compose/ folder")
-    start.add_argument("--rules-dir", default=str(REPO / "alerts"), help="Prometheus rule files")
-    start.add_argument(
-        "--dashboards-dir", default=str(REPO / "dashboards"), help="Grafana dashboards"
+    start = actions.add_parser(
+        "up",
+        parents=[common],
+        help="start the stack",
+        description="Start TorchServe with the example model (or your .mar files), the exporter, "
+        "Prometheus with the generated rules, Alertmanager and Grafana (if installed), all on "
+        "127.0.0.1, in the background; `stack status` lists them, `stack down` stops them. "
+        "Configs come from compose/, so the stack matches the Docker one.",
     )
-    start.add_argument("--model-store", help="serve these .mar files instead of the example model")
+    start.add_argument(
+        "--compose-dir",
+        default=str(REPO / "compose"),
+        metavar="DIR",
+        help="the compose/ folder whose configs are used (default: %(default)s)",
+    )
+    start.add_argument(
+        "--rules-dir",
+        default=str(REPO / "alerts"),
+        metavar="DIR",
+        help="Prometheus rule files (default: %(default)s)",
+    )
+    start.add_argument(
+        "--dashboards-dir",
+        default=str(REPO / "dashboards"),
+        metavar="DIR",
+        help="Grafana dashboards (default: %(default)s)",
+    )
+    start.add_argument(
+        "--model-store",
+        metavar="DIR",
+        help="serve the .mar files in DIR (default: the example model, built on the fly)",
+    )
     start.add_argument(
         "--free-ports",
         action="store_true",
         help="pick free ports instead of the usual ones (8080-8083, 9090, 9093, 3000)",
     )
-    start.add_argument("--scrape-interval", help="Prometheus scrape and rule evaluation interval")
-    start.add_argument("--webhook-url", help="also send every alert to this webhook")
+    start.add_argument(
+        "--scrape-interval",
+        metavar="DURATION",
+        help="Prometheus scrape and rule evaluation interval (default: prometheus.yml's)",
+    )
+    start.add_argument(
+        "--webhook-url", metavar="URL", help="also send every alert to this webhook (default: none)"
+    )
     for timing in ("group-wait", "group-interval", "repeat-interval"):
+        key = timing.replace("-", "_")
         start.add_argument(
-            f"--{timing}", help=f"override Alertmanager's {timing.replace('-', '_')}"
+            f"--{timing}",
+            metavar="DURATION",
+            help=f"override Alertmanager's {key} (default: alertmanager.yml's)",
         )
     start.set_defaults(func=up)
 
-    actions.add_parser("down", parents=[common], help="stop what `up` started").set_defaults(
-        func=down
-    )
-    actions.add_parser("status", parents=[common], help="show what runs").set_defaults(func=status)
+    actions.add_parser(
+        "down",
+        parents=[common],
+        help="stop what `up` started",
+        description="Stop every process `stack up` started from this state directory.",
+    ).set_defaults(func=down)
+    actions.add_parser(
+        "status",
+        parents=[common],
+        help="show what runs",
+        description="List the stack's processes, whether each runs, and their URLs.",
+    ).set_defaults(func=status)

@@ -66,9 +66,13 @@ CANARY = "2.0"
 """The version the rollout registers beside MODEL_VERSION, then retires."""
 
 
+QUERY_TIMEOUT_S = 30.0
+"""Loopback queries take milliseconds; a loaded 2-core CI machine has been seen to need > 5 s."""
+
+
 def _query(prometheus: str, expr: str) -> List[Dict[str, Any]]:
     url = f"{prometheus}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
-    answer = json.loads(http_get(url))
+    answer = json.loads(http_get(url, timeout=QUERY_TIMEOUT_S))
     assert answer["status"] == "success", answer
     return list(answer["data"]["result"])
 
@@ -77,7 +81,10 @@ def _query_range(prometheus: str, expr: str, start: float) -> List[Dict[str, Any
     """What Grafana asks for an annotation: the expression over the dashboard's range."""
     params = {"query": expr, "start": start, "end": time.time(), "step": 2}
     answer = json.loads(
-        http_get(f"{prometheus}/api/v1/query_range?" + urllib.parse.urlencode(params))
+        http_get(
+            f"{prometheus}/api/v1/query_range?" + urllib.parse.urlencode(params),
+            timeout=QUERY_TIMEOUT_S,
+        )
     )
     assert answer["status"] == "success", answer
     return list(answer["data"]["result"])
@@ -88,7 +95,9 @@ def _finite(result: List[Dict[str, Any]]) -> bool:
 
 
 def _firing(prometheus: str) -> Set[str]:
-    alerts = json.loads(http_get(f"{prometheus}/api/v1/alerts"))["data"]["alerts"]
+    alerts = json.loads(http_get(f"{prometheus}/api/v1/alerts", timeout=QUERY_TIMEOUT_S))["data"][
+        "alerts"
+    ]
     return {a["labels"]["alertname"] for a in alerts if a["state"] == "firing"}
 
 
