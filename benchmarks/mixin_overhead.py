@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -36,6 +36,8 @@ import saturation  # noqa: E402 (beside this file; the repository root goes on s
 from saturation import PHASES, STDOUT, TO_FILE, spread  # noqa: E402
 
 MIXIN, PLAIN_A, PLAIN_B, ANCHOR = "mixin", "plain_a", "plain_b", "ts_metrics_api"
+LABELS = {MIXIN: "mixin", PLAIN_B: "aa_control", ANCHOR: "ts_metrics_api"}
+"""How each variant compared with ``plain_a`` is named in the report."""
 BATCH_SIZES = (1, 8, 32)
 HEADERS = {
     "X-Request-ID": "bench-client-request-0001",
@@ -44,24 +46,36 @@ HEADERS = {
 
 
 def in_process(rounds: int, calls: int, scratch: Path) -> Dict[str, Any]:
-    """Per batch size: µs per request each variant adds to the plain handler, per round."""
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(scratch / "metrics")
+    """The example handler: the mixin, the A/A control and TorchServe's metrics API."""
     from handler_mixins.example.build import MODEL_NAME, PLAIN_MODEL_NAME, build_archives
-    from handler_mixins.testing import load_model, predict, unpack_archive, wire_request
 
     store = scratch / "store"
     build_archives(store, batch_size=max(BATCH_SIZES))
-    saturation.variant_archive(
-        store / f"{PLAIN_MODEL_NAME}.mar",
-        saturation.HERE / "handlers" / "tiny_ts_metrics.py",
-        store / "anchor.mar",
-    )
+    plain = store / f"{PLAIN_MODEL_NAME}.mar"
     archives = {
-        MIXIN: f"{MODEL_NAME}.mar",
-        PLAIN_A: f"{PLAIN_MODEL_NAME}.mar",
-        PLAIN_B: f"{PLAIN_MODEL_NAME}.mar",
-        ANCHOR: "anchor.mar",
+        MIXIN: store / f"{MODEL_NAME}.mar",
+        PLAIN_A: plain,
+        PLAIN_B: plain,
+        ANCHOR: saturation.variant_archive(
+            plain, saturation.HERE / "handlers" / "tiny_ts_metrics.py", store / "anchor.mar"
+        ),
     }
+    return compare_in_process(archives, BATCH_SIZES, rounds, calls, scratch)
+
+
+def compare_in_process(
+    archives: Dict[str, Path], batch_sizes: Sequence[int], rounds: int, calls: int, scratch: Path
+) -> Dict[str, Any]:
+    """Per batch size, µs per request each variant adds to ``plain_a``, round by round.
+
+    Each archive is loaded with TorchServe's loader and driven through
+    ``ts.service.Service.predict``, with multi-process metrics files, the mixin's JSON lines
+    written to a file, and TorchServe's ``[METRICS]`` lines logged as a worker logs them.
+    """
+    scratch.mkdir(parents=True, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(scratch / "metrics")
+    from handler_mixins.testing import load_model, predict, unpack_archive, wire_request
+
     real_stdout = sys.stdout
     results: Dict[str, Any] = {}
     with open(scratch / "log.jsonl", "w") as log_file:
@@ -70,24 +84,31 @@ def in_process(rounds: int, calls: int, scratch: Path) -> Dict[str, Any]:
         logging.basicConfig(stream=log_file, format="%(message)s", level=logging.INFO, force=True)
         try:
             services = {
-                name: load_model(
-                    unpack_archive(store / archive, scratch / name), name, max(BATCH_SIZES)
-                )
+                name: load_model(unpack_archive(archive, scratch / name), name, max(batch_sizes))
                 for name, archive in archives.items()
             }
-            for size in BATCH_SIZES:
+            for size in batch_sizes:
                 requests = [
                     wire_request(f"r{i}", b"[0.1, 0.2, 0.3, 0.4]", HEADERS) for i in range(size)
                 ]
-                for _ in range(50):  # warm up every variant
+                for _ in range(20):  # warm up every variant
                     for service in services.values():
                         predict(service, requests)
                 per_round = timed_rounds(services, requests, rounds, calls)
                 results[f"batch_{size}"] = {
                     "plain_us_per_batch": spread(per_round[PLAIN_A], 1),
-                    "mixin_cost_us_per_request": added(per_round, MIXIN, size),
-                    "aa_control_us_per_request": added(per_round, PLAIN_B, size),
-                    "ts_metrics_api_cost_us_per_request": added(per_round, ANCHOR, size),
+                    "added_us_per_request": {
+                        LABELS[name]: added(per_round, name, size)
+                        for name in archives
+                        if name != PLAIN_A
+                    },
+                    "throughput_ratio": {
+                        LABELS[name]: spread(
+                            [p / v for p, v in zip(per_round[PLAIN_A], per_round[name])]
+                        )
+                        for name in archives
+                        if name != PLAIN_A
+                    },
                 }
         finally:
             sys.stdout = real_stdout
@@ -150,8 +171,8 @@ def targets(per_request: Dict[str, Any], saturated: Dict[str, Any]) -> List[Dict
             name,
             "<=",
             limit,
-            phase and phase["mixin_cost_us_per_request"][STDOUT],
-            phase and phase["mixin_cost_us_per_request"]["aa_control"],
+            phase and phase["added_us_per_request"][STDOUT],
+            phase and phase["added_us_per_request"]["aa_control"],
         )
         batch = per_request["batches"][f"batch_{size}"]
         row(
@@ -159,8 +180,8 @@ def targets(per_request: Dict[str, Any], saturated: Dict[str, Any]) -> List[Dict
             "in_process",
             "<=",
             limit,
-            batch["mixin_cost_us_per_request"],
-            batch["aa_control_us_per_request"],
+            batch["added_us_per_request"]["mixin"],
+            batch["added_us_per_request"]["aa_control"],
         )
     for name, sink, limit in (
         ("trivial_batch_1", STDOUT, 0.95),
@@ -183,7 +204,10 @@ def code_version() -> Dict[str, Any]:
     """The commit measured, and whether the checkout differed from it."""
 
     def git(*args: str) -> str:
-        done = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
+        try:
+            done = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
+        except OSError:  # no git here (a copy of the tree)
+            return ""
         return done.stdout.strip()
 
     return {

@@ -86,8 +86,9 @@ def spread(values: Sequence[float], digits: int = 3) -> Dict[str, Optional[float
     }
 
 
-def variant_archive(base: Path, handler: Path, out: Path) -> Path:
-    """A copy of the archive ``base`` whose entry point is ``handler`` (added to it)."""
+def variant_archive(base: Path, handler: Path, out: Path, extra: Sequence[Path] = ()) -> Path:
+    """A copy of the archive ``base`` whose entry point is ``handler`` (added to it, with
+    ``extra`` files)."""
     with zipfile.ZipFile(base) as source, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as mar:
         for item in source.infolist():
             data = source.read(item)
@@ -97,7 +98,8 @@ def variant_archive(base: Path, handler: Path, out: Path) -> Path:
                 manifest["model"]["modelName"] = out.stem
                 data = json.dumps(manifest, indent=2).encode()
             mar.writestr(item, data)
-        mar.write(handler, handler.name)
+        for path in (handler, *extra):
+            mar.write(path, path.name)
     return out
 
 
@@ -301,7 +303,7 @@ def _drive(url: str, phase: Phase, rounds: int, seconds: int, tail: LogTail) -> 
         "throughput_ratio": against_plain(rates, "ratio"),
         "mean_batch_size": {v: spread(sizes[v], 1) for v in variants},
         "prediction_minus_handler_us_per_request": {v: spread(gaps[v], 2) for v in variants},
-        "mixin_cost_us_per_request": against_plain(gaps, "difference"),
+        "added_us_per_request": against_plain(gaps, "difference"),
     }
 
 
