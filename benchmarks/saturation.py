@@ -252,6 +252,20 @@ def measure(
         server.stop()
 
 
+def _round_timers(tail: LogTail, models: Sequence[str]) -> Dict[str, List[Tuple[float, int]]]:
+    """The timers of the round just driven, once every model's have come (a loaded frontend
+    logs them seconds late); lines of an earlier round arriving late count with this one."""
+    lines = tail.read()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        batches = batch_timers(lines)
+        if all(model in batches for model in models):
+            break
+        time.sleep(0.5)
+        lines += tail.read()
+    return batches
+
+
 def _drive(url: str, phase: Phase, rounds: int, seconds: int, tail: LogTail) -> Dict[str, Any]:
     variants = phase.variants
     rates: Dict[str, List[float]] = {v: [] for v in variants}
@@ -269,8 +283,7 @@ def _drive(url: str, phase: Phase, rounds: int, seconds: int, tail: LogTail) -> 
                 phase.connections,
                 seconds if round_ else 1,
             )
-        time.sleep(1)  # the frontend logs the last batches' timers
-        batches = batch_timers(tail.read())  # lines of earlier runs arrive late: by model
+        batches = _round_timers(tail, [phase.model(v) for v in variants])
         if not round_:
             continue
         for variant in variants:
