@@ -287,18 +287,17 @@ class Observer:
         }
         del common[Field.REQUEST_IDS]
         for stage, seconds in batch.stage_seconds.items():
-            common[STAGE_FIELDS[stage]] = round(seconds * 1000, 3)
+            common[STAGE_FIELDS[stage]] = logs.milliseconds(seconds)
         records = []
         for index, ids in enumerate(batch.ids):
-            record = common.copy()
-            record[Field.BATCH_INDEX] = index
+            record: Dict[str, Any] = {Field.BATCH_INDEX: index}
             for name, value in zip(ID_FIELDS, ids):
                 if value is not None:
                     record[name] = value
             record[Field.OUTCOME] = outcomes[index]
             record[Field.STATUS] = statuses[index]
             records.append(record)
-        self.emitter.emit(records)
+        self.emitter.emit(records, shared=common)
 
 
 def _error_fields(error: BaseException) -> Dict[str, Any]:

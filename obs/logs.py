@@ -49,6 +49,12 @@ def iso_timestamp(epoch: Optional[float] = None) -> str:
     return f"{formatted}.{int((now - second) * 1_000_000):06d}Z"
 
 
+def milliseconds(seconds: float) -> float:
+    """``seconds`` in milliseconds to the microsecond, as ``round(seconds * 1000, 3)`` but a
+    fifth of its cost: the integer's quotient prints as its shortest decimal."""
+    return int(seconds * 1e6 + 0.5) / 1000
+
+
 def truncate(text: str, limit: int) -> str:
     """``text`` cut to ``limit`` characters, marking the cut so nobody mistakes it for whole."""
     return text if len(text) <= limit else text[:limit] + "...[truncated]"
@@ -83,17 +89,32 @@ class LogEmitter:
         self._shipper = shipper
         self._lock = threading.Lock()
 
-    def emit(self, records: Sequence[Mapping[str, Any]]) -> None:
+    def emit(
+        self, records: Sequence[Mapping[str, Any]], shared: Optional[Mapping[str, Any]] = None
+    ) -> None:
+        """Write one line per record; ``shared`` fields (which records must not repeat) lead
+        every line and are rendered once, not once per record."""
         if self._rename:
-            rename = self._rename
-            records = [{rename.get(key, key): value for key, value in r.items()} for r in records]
-        data = b"\n".join([render(r) for r in records]) + b"\n"
+            records = [self._renamed(r) for r in records]
+            shared = shared and self._renamed(shared)
+        if not shared:
+            data = b"\n".join([render(r) for r in records]) + b"\n"
+        else:
+            head = render(shared)[:-1]  # the shared fields without the closing brace
+            lines = [head + b"," + render(r)[1:] if r else head + b"}" for r in records]
+            data = b"\n".join(lines) + b"\n"
+            if self._shipper is not None:
+                records = [{**shared, **r} for r in records]
         stream = self._stream or sys.stdout
         with self._lock:
             write_lines(stream, data)
         if self._shipper is not None:
             for record in records:
                 self._shipper.ship(record)
+
+    def _renamed(self, record: Mapping[str, Any]) -> Record:
+        rename = self._rename or {}
+        return {rename.get(key, key): value for key, value in record.items()}
 
     def close(self) -> None:
         if self._shipper is not None:

@@ -93,3 +93,13 @@ def test_batch_context_is_scoped() -> None:
     assert batch_fields()["batch_id"] == "w1-1"
     reset_batch(token)
     assert dict(batch_fields()) == {}
+
+
+def test_header_names_are_learned_once_and_never_grow_without_bound() -> None:
+    from obs import context
+
+    for i in range(context._MAX_HEADER_NAMES + 10):
+        RequestIds.from_headers("ts-1", {f"X-Invented-{i}": "v"})
+    assert len(context._header_roles) <= context._MAX_HEADER_NAMES
+    ids = RequestIds.from_headers("ts-1", {"X-REQUEST-id": "abc", "TRACEPARENT": VALID})
+    assert (ids.client_request_id, ids.span_id) == ("abc", "00f067aa0ba902b7")
