@@ -11,23 +11,26 @@ counted in ``tsobs_internal_errors_total`` and otherwise ignored.
 from __future__ import annotations
 
 import functools
+import inspect
 import itertools
 import os
 import sys
 import threading
 import time
+import types
+from contextvars import ContextVar
 from typing import Any, Callable, Dict, List, Optional, Sequence, TypeVar
 
-from obs import heartbeat, logs
+from obs import heartbeat, ledger, logs, mpvalue
 from obs.context import ID_FIELDS, RequestIds, bind_batch, reset_batch
 from obs.gpu import IntervalSampler, read_cuda_memory
-from obs.metrics import ModelInstruments, ProcessInstruments, use_multiprocess_dir
-from obs.settings import Settings
+from obs.metrics import ModelInstruments, ProcessInstruments, use_memory_only, use_multiprocess_dir
+from obs.settings import MULTIPROC_DIR_ENV, Problem, Settings, report
 from obs.signals import STAGE_FIELDS, Field, Outcome, Stage, exception_label
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_ACTIVE_HANDLE = "_tsobs_in_handle"
+_INSTALLED_HANDLE = "_tsobs_installed_handle"
 _ACTIVE_INITIALIZE = "_tsobs_in_initialize"
 _OBSERVER = "_tsobs_observer"
 _WRAPPED = "_tsobs_wrapped"
@@ -50,12 +53,28 @@ def worker_identity(argv: Sequence[str] = sys.argv) -> str:
     return f"pid{os.getpid()}"
 
 
+def _prediction_exception() -> type:
+    """TorchServe's ``PredictionException``, which ts/service.py catches with ``except``."""
+    try:
+        from ts.utils.util import PredictionException
+    except ImportError:  # outside TorchServe nothing raises it
+
+        class PredictionException(Exception):  # type: ignore[no-redef]
+            pass
+
+    return PredictionException
+
+
+_PREDICTION_EXCEPTION = _prediction_exception()
+
+
 def status_for_exception(exc: BaseException) -> int:
-    """The HTTP status TorchServe 0.12 answers when ``handle`` raises ``exc`` (ts/service.py)."""
+    """The HTTP status TorchServe 0.12 answers when ``handle`` raises ``exc`` (ts/service.py):
+    subclasses of ``PredictionException`` keep their ``error_code``, as its ``except`` does."""
     if isinstance(exc, MemoryError):
         return 507
     code = getattr(exc, "error_code", None)
-    if type(exc).__name__ == "PredictionException" and isinstance(code, int):
+    if isinstance(exc, _PREDICTION_EXCEPTION) and isinstance(code, int):
         return code
     return 507 if "CUDA" in str(exc) else 503
 
@@ -68,10 +87,25 @@ def outcome_for_status(status: int) -> str:
     return Outcome.SUCCESS
 
 
+_OUTCOME_INDEX = {outcome: index for index, outcome in enumerate(Outcome.ALL)}
+_batch_numbers = itertools.count(1)
+"""Process-wide: batch IDs are keys of the process's one ledger, whatever the handler."""
+
+
 class _Batch:
     """What one ``handle`` call accumulates until its completion lines are written."""
 
-    __slots__ = ("failed_stage", "fields", "ids", "size", "stage_seconds", "started", "token")
+    __slots__ = (
+        "counts",
+        "current_token",
+        "failed_stage",
+        "fields",
+        "ids",
+        "size",
+        "stage_seconds",
+        "started",
+        "token",
+    )
 
     def __init__(self, fields: Dict[str, Any], ids: List[RequestIds], token: Any) -> None:
         self.fields = fields
@@ -80,6 +114,9 @@ class _Batch:
         self.token = token
         self.stage_seconds: Dict[str, float] = {}
         self.failed_stage: Optional[str] = None
+        self.current_token: Any = None
+        self.counts: Optional[List[int]] = None
+        """Requests per outcome once known; None until then, and again once in the ledger."""
         self.started = time.perf_counter()
 
 
@@ -88,9 +125,22 @@ class Observer:
 
     def __init__(self, handler: Any, context: Any, settings: Settings) -> None:
         self.worker = worker_identity()
-        use_multiprocess_dir(settings.metrics_dir, self.worker)
-        self.process = ProcessInstruments()
+        problems = list(settings.problems)
+        metrics_off = "metrics and request counts are off; logs are still written"
+        self.ledger: Any = _NoLedger()
+        try:
+            settings.metrics_dir.mkdir(parents=True, exist_ok=True)
+            # The ledger lock first: no exporter folds this identity's files from here on.
+            self.ledger = ledger.open_ledger(settings.metrics_dir, self.worker)
+            use_multiprocess_dir(settings.metrics_dir, self.worker)
+            self.process = ProcessInstruments()
+        except OSError as err:
+            problems.append(_dir_problem(settings, err, metrics_off))
+            self.ledger = _NoLedger()
+            use_memory_only()
+            self.process = ProcessInstruments()
         self.emitter = logs.configure(settings, on_drop=self.process.count_dropped)
+        self.ledger.settle_predecessor(self.write_lost)
         logs.route_to_json((type(handler).__module__, *settings.json_loggers))
         self.model = str(getattr(context, "model_name", None) or "unknown")
         manifest = getattr(context, "manifest", None) or {}
@@ -98,24 +148,29 @@ class Observer:
         properties = getattr(context, "system_properties", None) or {}
         self.max_batch_size = int(properties.get("batch_size") or 1)
         self.metrics = ModelInstruments(self.model, self.version)
+        self.key = ledger.model_key(self.model, self.version)
+        for _problem in report(problems):
+            self.process.count_internal_error("settings")
         self.handler_name = f"{type(handler).__module__}.{type(handler).__qualname__}"
         self._properties = properties
         self._settings = settings
         self.gpu_sampler: Optional[IntervalSampler] = None
-        self._heartbeat: Optional[threading.Thread] = None
+        self._upkeep: Optional[threading.Thread] = None
         """Set once the model is loaded: only then does the handler know its device."""
-        self._batch_ids = itertools.count(1)
         self.current: Optional[_Batch] = None
+        """The batch most recently begun: what stages run in threads of their own (TorchServe's
+        MicroBatching) are timed into. Concurrent async batches use :data:`_current_batch`."""
         self._log = logs.get_logger(
             model_name=self.model, model_version=self.version, worker=self.worker
         )
-        self.wrap_stages(handler)
+        wrap_stages(handler)
 
     def _gpu_sampler(self, handler: Any) -> Optional[IntervalSampler]:
         torch = sys.modules.get("torch")
         device = getattr(handler, "device", None)
         if (
             torch is None
+            or self._settings.gpu_sample_interval_s is None
             or getattr(device, "type", None) != "cuda"
             or not torch.cuda.is_available()
         ):
@@ -141,14 +196,22 @@ class Observer:
                 pass
             return None
 
+    def write_lost(self, batches: List[Dict[str, Any]]) -> None:
+        """Log lines for the requests a dead predecessor on this port left in flight."""
+        self.emitter.emit(ledger.lost_request_records(batches))
+
     # Model loading -------------------------------------------------------------------
+
+    def loading(self) -> None:
+        """Counted when loading begins: a worker killed while loading shows as a start and,
+        once settled, as a failed load."""
+        self.ledger.start(self.key)
 
     def model_loaded(
         self, handler: Any, context: Any, seconds: float, error: Optional[BaseException]
     ) -> None:
-        self.metrics.worker_starts.inc()
+        self.ledger.loaded(self.key, error is None)
         self.metrics.load_seconds.observe(seconds)
-        self.metrics.loads[Outcome.SUCCESS if error is None else Outcome.SERVER_ERROR].inc()
         torch = sys.modules.get("torch")
         torch_version = str(getattr(torch, "__version__", "none"))
         self.metrics.set_info(
@@ -170,39 +233,23 @@ class Observer:
         if mismatch:
             self._log.warning("torch_version_mismatch", expected=expected, actual=torch_version)
         self.gpu_sampler = self._gpu_sampler(handler)
-        if self._heartbeat is None:
-            self._heartbeat = heartbeat.start(
-                self._settings.metrics_dir, self.worker, self.model, self.version
+        if self._upkeep is None:
+            interval = min(heartbeat.INTERVAL_S, self._settings.gpu_sample_interval_s or 1e9)
+            self._upkeep = heartbeat.start(
+                (self.keep_files_in_place, self.sample_gpu),
+                on_error=lambda: self.process.count_internal_error("upkeep"),
+                interval_s=interval,
             )
 
-    def wrap_stages(self, handler: Any) -> None:
-        """Time the stages on the instance, so the most-derived override is what is timed."""
-        for stage in (Stage.PREPROCESS, Stage.INFERENCE, Stage.POSTPROCESS):
-            method = getattr(handler, stage, None)
-            if method is not None and not getattr(method, _WRAPPED, False):
-                setattr(handler, stage, self._timed_stage(stage, method))
+    def keep_files_in_place(self) -> None:
+        """Re-create the ledger and metric files if the directory went (counted)."""
+        if self.ledger.keep_in_place():
+            mpvalue.rehome()
+            self.process.count_internal_error("metrics_dir_recreated")
 
-    def _timed_stage(self, stage: str, method: Callable[..., Any]) -> Callable[..., Any]:
-        clock = time.perf_counter
-
-        @functools.wraps(method)
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            batch = self.current
-            started = clock()
-            try:
-                return method(*args, **kwargs)
-            except BaseException:
-                if batch is not None and batch.failed_stage is None:
-                    batch.failed_stage = stage
-                raise
-            finally:
-                if batch is not None:
-                    batch.stage_seconds[stage] = (
-                        batch.stage_seconds.get(stage, 0.0) + clock() - started
-                    )
-
-        setattr(timed, _WRAPPED, True)
-        return timed
+    def sample_gpu(self) -> None:
+        if self.gpu_sampler is not None:
+            self.gpu_sampler.maybe_sample()
 
     # Batches --------------------------------------------------------------------------
 
@@ -216,15 +263,22 @@ class Observer:
                 processors[index].get_request_properties() if index < len(processors) else None
             )
             ids.append(RequestIds.from_headers(request_ids.get(index), headers))
+        batch_id = f"{self.worker}-{next(_batch_numbers)}"
         fields = {
             Field.MODEL: self.model,
             Field.VERSION: self.version,
             Field.WORKER: self.worker,
-            Field.BATCH_ID: f"{self.worker}-{next(self._batch_ids)}",
+            Field.BATCH_ID: batch_id,
             Field.BATCH_SIZE: size,
             Field.REQUEST_IDS: [i.request_id for i in ids],
         }
+        self.ledger.begin(
+            batch_id,
+            self.key,
+            {"b": batch_id, "w": self.worker, "s": size, "r": [list(i) for i in ids]},
+        )
         batch = _Batch(fields, ids, bind_batch(fields))
+        batch.current_token = _current_batch.set(batch)
         self.current = batch
         return batch
 
@@ -234,8 +288,12 @@ class Observer:
         try:
             self._finish(batch, context, result, error)
         finally:
-            self.current = None
+            if self.current is batch:
+                self.current = None
             reset_batch(batch.token)
+            _current_batch.reset(batch.current_token)
+            if batch.counts is not None:  # the lines failed: the counts must not
+                self.ledger.finish(batch.fields[Field.BATCH_ID], self.key, batch.counts)
 
     def _finish(
         self, batch: _Batch, context: Any, result: Any, error: Optional[BaseException]
@@ -243,24 +301,24 @@ class Observer:
         handle_seconds = time.perf_counter() - batch.started
         batch.stage_seconds[Stage.HANDLE] = handle_seconds
         statuses = self._statuses(batch, context, result, error)
+        outcomes = [outcome_for_status(s) for s in statuses]
+        counts = batch.counts = [0, 0, 0]
+        for outcome in outcomes:
+            counts[_OUTCOME_INDEX[outcome]] += 1
         metrics = self.metrics
         for stage, seconds in batch.stage_seconds.items():
             metrics.stage_seconds[stage].observe(seconds)
         if batch.size:
             metrics.batch_size.observe(batch.size)
             metrics.batch_fill.observe(batch.size / self.max_batch_size)
-        outcomes = [outcome_for_status(s) for s in statuses]
-        for outcome in Outcome.ALL:
-            count = outcomes.count(outcome)
-            if count:
-                metrics.requests[outcome].inc(count)
         if error is not None:
             stage = batch.failed_stage or Stage.HANDLE
             metrics.count_error(stage, exception_label(error))
             self._log.error("batch_failed", exc_info=error, stage=stage, **_error_fields(error))
         self._write_completions(batch, statuses, outcomes)
-        if self.gpu_sampler is not None:
-            self.gpu_sampler.maybe_sample()
+        # Lines first, then the ledger: see obs/ledger.py on the window between the two.
+        batch.counts = None
+        self.ledger.finish(batch.fields[Field.BATCH_ID], self.key, counts)
 
     @staticmethod
     def _statuses(
@@ -300,6 +358,33 @@ class Observer:
         self.emitter.emit(records, shared=common)
 
 
+class _NoLedger:
+    """Stands in for the ledger when the metrics directory cannot be used."""
+
+    def settle_predecessor(self, lost_lines: Any) -> int:
+        return 0
+
+    def start(self, key: str) -> None:
+        pass
+
+    def loaded(self, key: str, ok: bool) -> None:
+        pass
+
+    def begin(self, batch_id: str, key: str, record: Dict[str, Any]) -> None:
+        pass
+
+    def finish(self, batch_id: str, key: str, outcomes: Sequence[int]) -> None:
+        pass
+
+    def keep_in_place(self) -> bool:
+        return False
+
+
+def _dir_problem(settings: Settings, err: OSError, disabled: str) -> Problem:
+    why = f"cannot be used ({err.strerror or err})"
+    return Problem(MULTIPROC_DIR_ENV, str(settings.metrics_dir), why, disabled)
+
+
 def _error_fields(error: BaseException) -> Dict[str, Any]:
     return {
         Field.ERROR_TYPE: type(error).__name__,
@@ -326,6 +411,71 @@ def _expected_torch_version(context: Any) -> Optional[str]:
     return str(declared) if declared else None
 
 
+_current_batch: ContextVar[Optional[_Batch]] = ContextVar("tsobs_current_batch", default=None)
+"""The batch of this thread or asyncio task: async handlers run several batches at once."""
+_handling: ContextVar[Any] = ContextVar("tsobs_handling", default=None)
+"""The handler whose ``handle`` this thread or task is inside, so an override that calls
+``super().handle`` is observed once; per task, since async batches interleave."""
+
+
+def _batch_of(handler: Any) -> Optional[_Batch]:
+    batch = _current_batch.get()
+    if batch is None:  # a thread of the handler's own, e.g. MicroBatching's stage threads
+        observer = handler.__dict__.get(_OBSERVER)
+        batch = observer.current if observer else None
+    return batch
+
+
+def wrap_stages(handler: Any) -> None:
+    """Time the stages on the instance, so the most-derived override is what is timed."""
+    for stage in (Stage.PREPROCESS, Stage.INFERENCE, Stage.POSTPROCESS):
+        method = getattr(handler, stage, None)
+        if method is not None and not getattr(method, _WRAPPED, False):
+            setattr(handler, stage, _timed_stage(handler, stage, method))
+
+
+def _timed_stage(handler: Any, stage: str, method: Callable[..., Any]) -> Callable[..., Any]:
+    clock = time.perf_counter
+
+    def account(batch: Optional[_Batch], started: float, failed: bool) -> None:
+        if batch is not None:
+            if failed and batch.failed_stage is None:
+                batch.failed_stage = stage
+            batch.stage_seconds[stage] = batch.stage_seconds.get(stage, 0.0) + clock() - started
+
+    if inspect.iscoroutinefunction(method):
+
+        @functools.wraps(method)
+        async def timed_async(*args: Any, **kwargs: Any) -> Any:
+            batch = _batch_of(handler)
+            started = clock()
+            failed = True
+            try:
+                result = await method(*args, **kwargs)
+                failed = False
+                return result
+            finally:
+                account(batch, started, failed)
+
+        setattr(timed_async, _WRAPPED, True)
+        return timed_async
+
+    @functools.wraps(method)
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        batch = _batch_of(handler)
+        started = clock()
+        failed = True
+        try:
+            result = method(*args, **kwargs)
+            failed = False
+            return result
+        finally:
+            account(batch, started, failed)
+
+    setattr(timed, _WRAPPED, True)
+    return timed
+
+
 def _observer(handler: Any, context: Any) -> Optional[Observer]:
     """The handler's observer, created on first use; None if it cannot be (counted nowhere:
     without an observer there is no metrics file to count in, so it is logged to stderr)."""
@@ -346,6 +496,8 @@ def _observed_initialize(initialize: F) -> F:
         if self.__dict__.get(_ACTIVE_INITIALIZE):
             return initialize(self, context, *args, **kwargs)
         observer = _observer(self, context)
+        if observer is not None:
+            observer.contain("loading", observer.loading)
         self.__dict__[_ACTIVE_INITIALIZE] = True
         started = time.perf_counter()
         error: Optional[BaseException] = None
@@ -365,15 +517,42 @@ def _observed_initialize(initialize: F) -> F:
 
 
 def _observed_handle(handle: F) -> F:
+    """``handle`` observed: one batch begun and finished per outermost call, also when it is
+    ``async def`` (TorchServe's async worker awaits it)."""
+    if inspect.iscoroutinefunction(handle):
+
+        @functools.wraps(handle)
+        async def async_wrapper(
+            self: Any, data: Any, context: Any, *args: Any, **kwargs: Any
+        ) -> Any:
+            observer = None if _handling.get() is self else _observer(self, context)
+            if observer is None:
+                return await handle(self, data, context, *args, **kwargs)
+            batch = observer.contain("begin", observer.begin, data, context)
+            token = _handling.set(self)
+            result: Any = None
+            error: Optional[BaseException] = None
+            try:
+                result = await handle(self, data, context, *args, **kwargs)
+                return result
+            except BaseException as raised:
+                error = raised
+                raise
+            finally:
+                _handling.reset(token)
+                if batch is not None:
+                    observer.contain("finish", observer.finish, batch, context, result, error)
+
+        setattr(async_wrapper, _WRAPPED, True)
+        return async_wrapper  # type: ignore[return-value]
+
     @functools.wraps(handle)
     def wrapper(self: Any, data: Any, context: Any, *args: Any, **kwargs: Any) -> Any:
-        if self.__dict__.get(_ACTIVE_HANDLE):
-            return handle(self, data, context, *args, **kwargs)
-        observer = _observer(self, context)
+        observer = None if _handling.get() is self else _observer(self, context)
         if observer is None:
             return handle(self, data, context, *args, **kwargs)
         batch = observer.contain("begin", observer.begin, data, context)
-        self.__dict__[_ACTIVE_HANDLE] = True
+        token = _handling.set(self)
         result: Any = None
         error: Optional[BaseException] = None
         try:
@@ -383,7 +562,7 @@ def _observed_handle(handle: F) -> F:
             error = raised
             raise
         finally:
-            self.__dict__[_ACTIVE_HANDLE] = False
+            _handling.reset(token)
             if batch is not None:
                 observer.contain("finish", observer.finish, batch, context, result, error)
 
@@ -391,23 +570,72 @@ def _observed_handle(handle: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-_WRAPPERS = {"initialize": _observed_initialize, "handle": _observed_handle}
+def _observed_callable(handler: Any, value: Any) -> Any:
+    """A ``handle`` installed on the instance (``self.handle = MicroBatching(self)``),
+    observed like a class-level one."""
+    if getattr(value, _WRAPPED, False) or not callable(value):
+        return value
+    call = type(value).__call__  # a callable object: its method may be async
+    if inspect.iscoroutinefunction(value) or inspect.iscoroutinefunction(call):
+
+        async def forward_async(_self: Any, data: Any, context: Any, *a: Any, **kw: Any) -> Any:
+            return await value(data, context, *a, **kw)
+
+        return types.MethodType(_observed_handle(forward_async), handler)
+
+    def forward(_self: Any, data: Any, context: Any, *a: Any, **kw: Any) -> Any:
+        return value(data, context, *a, **kw)
+
+    return types.MethodType(_observed_handle(forward), handler)
+
+
+class _ObservedHandle:
+    """``handle`` on the mixin and its subclasses, as a data descriptor: a handler that puts
+    its own ``handle`` on the instance, as TorchServe's micro-batching does in ``__init__``,
+    gets it observed too, instead of shadowing the observed one."""
+
+    def __init__(self, func: Callable[..., Any]) -> None:
+        self.func = func
+        functools.update_wrapper(self, func)  # type: ignore[arg-type]
+
+    def __get__(self, obj: Any, objtype: Any = None) -> Any:
+        if obj is None:
+            return self.func
+        installed = obj.__dict__.get(_INSTALLED_HANDLE)
+        return installed if installed is not None else self.func.__get__(obj, objtype)
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj.__dict__[_INSTALLED_HANDLE] = _observed_callable(obj, value)
+
+    def __delete__(self, obj: Any) -> None:
+        obj.__dict__.pop(_INSTALLED_HANDLE, None)
 
 
 class ObservabilityMixin:
     """Adds request-scoped JSON logs and Prometheus metrics to a TorchServe handler."""
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        """Stages are wrapped before ``__init__`` runs, so what ``__init__`` hands them to
+        (TorchServe's MicroBatching starts its stage threads there) gets the timed ones."""
+        handler = super().__new__(cls)
+        wrap_stages(handler)
+        return handler
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        for name, wrap in _WRAPPERS.items():
-            method = cls.__dict__.get(name)
-            if callable(method) and not getattr(method, _WRAPPED, False):
-                setattr(cls, name, wrap(method))
+        initialize = cls.__dict__.get("initialize")
+        if callable(initialize) and not getattr(initialize, _WRAPPED, False):
+            cls.initialize = _observed_initialize(initialize)  # type: ignore[method-assign]
+        handle = cls.__dict__.get("handle")
+        if callable(handle) and not getattr(handle, _WRAPPED, False):
+            cls.handle = _ObservedHandle(_observed_handle(handle))  # type: ignore[assignment]
 
     @_observed_initialize
     def initialize(self, context: Any) -> Any:
         return super().initialize(context)  # type: ignore[misc]
 
-    @_observed_handle
-    def handle(self, data: Any, context: Any) -> Any:
+    def _handle(self, data: Any, context: Any) -> Any:
         return super().handle(data, context)  # type: ignore[misc]
+
+    handle = _ObservedHandle(_observed_handle(_handle))
+    del _handle

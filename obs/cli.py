@@ -22,6 +22,8 @@ COMMAND_MODULES = (
     "obs.generate",
     "obs.stack",
     "obs.demo",
+    "obs.requestlog",
+    "obs.torchserve",
 )
 
 

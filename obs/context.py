@@ -41,6 +41,21 @@ def clean_value(value: Any, limit: int = MAX_ID_LENGTH) -> Optional[str]:
     return cleaned or None
 
 
+def recover_utf8(value: Any) -> Any:
+    """The client's UTF-8 header value, from the text TorchServe hands the handler.
+
+    TorchServe's frontend (Netty) decodes header bytes as ISO-8859-1, so ``ü`` arrives as
+    ``Ã¼``; encoding back to ISO-8859-1 gives the bytes the client sent. A value that is not
+    such text (already proper Unicode, or bytes that are not UTF-8) is returned unchanged.
+    """
+    if not isinstance(value, str) or value.isascii():
+        return value
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return value
+
+
 def parse_traceparent(value: Any) -> Optional[Tuple[str, str]]:
     """``(trace_id, span_id)`` from a valid W3C traceparent, else ``None``.
 
@@ -105,7 +120,7 @@ class RequestIds(NamedTuple):
         trace = parse_traceparent(traceparent)
         return cls(
             clean_value(request_id),
-            clean_value(client_request_id),
+            clean_value(recover_utf8(client_request_id)),
             trace[0] if trace else None,
             trace[1] if trace else None,
         )

@@ -84,9 +84,9 @@ def run(args: argparse.Namespace) -> int:
         responses = send_all(server.ports.inference_url, MODEL_NAME, demo_traffic(args.requests))
         statuses = sorted({r.status for r in responses})
         print(f"\nsent {len(responses)} requests; answers with status {statuses}", flush=True)
-        entries = _wait_for_completions(server.model_log, len(responses))
+        entries = _wait_for_completions(server.json_log, len(responses))
 
-        _print_logs(server.model_log, entries)
+        _print_logs(server.json_log, entries)
         exposition = http_get(f"{exporter_url}/metrics").decode()
         _print_latency([r.seconds for r in responses], exposition)
         _print_metrics(exposition)
@@ -201,7 +201,7 @@ def _print_running(server: TorchServe, exporter_url: str, model: str) -> None:
         "-H 'Content-Type: application/json' -d '[1,2,3,4]'\n"
         f"  curl {exporter_url}/metrics                  this bundle's metrics\n"
         f"  curl http://127.0.0.1:{server.ports.metrics}/metrics                  TorchServe's own\n"
-        f"  tail -f {server.model_log}",
+        f"  tail -f {server.json_log}",
         flush=True,
     )
 

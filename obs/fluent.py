@@ -13,6 +13,7 @@ import time
 from typing import Any, Callable, Mapping
 
 import msgpack
+import orjson
 from fluent import asyncsender
 
 QUEUE_FULL = "queue_full"
@@ -23,6 +24,13 @@ CLOSE_TIMEOUT_S = 2.0
 """How long shutdown waits for the sender thread: ``close()`` can hang on a stalled Fluentd."""
 
 DropCallback = Callable[[str, int], None]
+
+
+def plain(value: Any) -> Any:
+    """A value msgpack cannot pack (a ``datetime``, a ``UUID``, any object), as the JSON line
+    renders it. Without this, fluent-logger replaces the whole record by a "Can't output
+    to log" record, and nobody counts the loss."""
+    return orjson.loads(orjson.dumps(value, default=repr, option=orjson.OPT_NON_STR_KEYS))
 
 
 def count_packets(data: bytes) -> int:
@@ -57,6 +65,7 @@ class FluentShipper:
             queue_circular=True,
             queue_overflow_handler=self._queue_overflowed,
             buffer_overflow_handler=self._buffer_overflowed,
+            msgpack_kwargs={"default": plain},
         )
 
     def ship(self, record: Mapping[str, Any]) -> None:

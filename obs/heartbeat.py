@@ -1,68 +1,45 @@
-"""Which workers are alive: a heartbeat file per worker, touched on an interval.
+"""The worker's upkeep thread: its files kept in place, GPU memory sampled on the interval.
 
-Metric files outlive their workers (that is what keeps counters exact across restarts), so
-a gauge written by a worker whose port TorchServe retired, after a scale-down or when a
-model version is unregistered, would keep its last value forever. Each worker therefore
-touches ``heartbeat_<identity>`` in the metrics directory; the exporter keeps gauges only
-from workers whose heartbeat is recent, and counts the live workers per model.
+Liveness no longer needs a heartbeat: the exporter sees a worker as alive while it holds its
+ledger lock (:mod:`obs.ledger`). What a background thread still has to do is
+
+* put the worker's files back when the metrics directory was removed under it (a temp
+  cleaner, an operator's ``rm -rf``): the ledger and every metric file are re-created with
+  the values in memory, and the event is counted, so the worker does not vanish;
+* read GPU memory on its interval, so an idle worker's gauges are current, not the values
+  of its last batch.
+
+Each task's failure is counted and the thread goes on: it never dies.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-from pathlib import Path
-from typing import Dict, Tuple
+from typing import Callable, Sequence
 
 INTERVAL_S = 10.0
-TTL_S = 45.0
-"""A worker whose heartbeat is older than this is taken for dead."""
-
-PREFIX = "heartbeat_"
-
-
-def heartbeat_path(directory: Path, identity: str) -> Path:
-    return directory / f"{PREFIX}{identity}"
 
 
 def start(
-    directory: Path, identity: str, model: str, version: str, interval_s: float = INTERVAL_S
+    tasks: Sequence[Callable[[], None]],
+    on_error: Callable[[], None],
+    interval_s: float = INTERVAL_S,
 ) -> threading.Thread:
-    """Write this worker's heartbeat now, then touch it every ``interval_s`` from a daemon thread."""
-    path = heartbeat_path(directory, identity)
-    _announce(path, model, version)
+    """Run each task every ``interval_s`` from a daemon thread, whatever they raise."""
 
-    def beat() -> None:
+    def upkeep() -> None:
         while True:
             time.sleep(interval_s)
-            try:
-                os.utime(path)
-            except FileNotFoundError:  # the directory was cleaned: write it again
-                _announce(path, model, version)
+            for task in tasks:
+                try:
+                    task()
+                except Exception:
+                    try:
+                        on_error()
+                    except Exception:
+                        pass
 
-    thread = threading.Thread(target=beat, name="tsobs-heartbeat", daemon=True)
+    thread = threading.Thread(target=upkeep, name="tsobs-upkeep", daemon=True)
     thread.start()
     return thread
-
-
-def _announce(path: Path, model: str, version: str) -> None:
-    """Write the heartbeat file whole: the exporter never reads a half-written one."""
-    scratch = path.with_name(f".{path.name}.tmp")
-    scratch.write_text(f"{model}\n{version}\n")
-    os.replace(scratch, path)
-
-
-def live_workers(directory: Path, ttl_s: float = TTL_S) -> Dict[str, Tuple[str, str]]:
-    """``{identity: (model, version)}`` of the workers whose heartbeat is recent."""
-    now = time.time()
-    live = {}
-    for path in directory.glob(f"{PREFIX}*"):
-        try:
-            if now - path.stat().st_mtime > ttl_s:
-                continue
-            model, version = path.read_text().splitlines()[:2]
-        except (OSError, ValueError):
-            continue
-        live[path.name[len(PREFIX) :]] = (model, version)
-    return live

@@ -24,8 +24,9 @@ from pythonjsonlogger.json import JsonFormatter
 
 from obs.context import add_batch_context
 from obs.fluent import FluentShipper
+from obs.logfile import LogFile, write_all
 from obs.settings import Settings
-from obs.signals import ECS_FIELDS, Field
+from obs.signals import ECS_EVENT_OUTCOME, ECS_FIELDS, ECS_OUTCOMES, Field
 
 LOGGER_NAME = "torchserve_obs"
 MAX_MESSAGE_LENGTH = 2048
@@ -73,7 +74,8 @@ class LogEmitter:
     """Renders records, writes them as whole lines, and hands them to the Fluentd shipper.
 
     A batch of records is written with one write and one flush, so lines from the same
-    batch are never interleaved with TorchServe's own output.
+    batch are never interleaved with TorchServe's own output. Lines go to ``log_file`` if
+    given, else to ``stream`` (stdout by default).
     """
 
     def __init__(
@@ -81,11 +83,11 @@ class LogEmitter:
         settings: Settings,
         stream: Optional[TextIO] = None,
         shipper: Optional[FluentShipper] = None,
+        log_file: Optional[LogFile] = None,
     ) -> None:
-        self._rename: Optional[Mapping[str, str]] = (
-            ECS_FIELDS if settings.log_fields == "ecs" else None
-        )
+        self._ecs = settings.log_fields == "ecs"
         self._stream = stream
+        self._log_file = log_file
         self._shipper = shipper
         self._lock = threading.Lock()
 
@@ -94,31 +96,37 @@ class LogEmitter:
     ) -> None:
         """Write one line per record; ``shared`` fields (which records must not repeat) lead
         every line and are rendered once, not once per record."""
-        if self._rename:
-            records = [self._renamed(r) for r in records]
-            shared = shared and self._renamed(shared)
-        if not shared:
-            data = b"\n".join([render(r) for r in records]) + b"\n"
-        else:
+        if shared and (self._ecs or self._shipper is not None):  # ECS nests fields: merge first
+            records, shared = [{**shared, **r} for r in records], None
+        if self._ecs:
+            records = [to_ecs(r) for r in records]
+        if shared:
             head = render(shared)[:-1]  # the shared fields without the closing brace
             lines = [head + b"," + render(r)[1:] if r else head + b"}" for r in records]
             data = b"\n".join(lines) + b"\n"
-            if self._shipper is not None:
-                records = [{**shared, **r} for r in records]
-        stream = self._stream or sys.stdout
+        else:
+            data = b"\n".join([render(r) for r in records]) + b"\n"
         with self._lock:
-            write_lines(stream, data)
+            if self._log_file is not None:
+                self._log_file.write(data)
+            else:
+                write_lines(self._stream or sys.stdout, data)
         if self._shipper is not None:
             for record in records:
                 self._shipper.ship(record)
 
-    def _renamed(self, record: Mapping[str, Any]) -> Record:
-        rename = self._rename or {}
-        return {rename.get(key, key): value for key, value in record.items()}
-
     def close(self) -> None:
         if self._shipper is not None:
             self._shipper.close()
+
+
+def to_ecs(record: Mapping[str, Any]) -> Record:
+    """ECS names for a record; ``event.outcome`` gets one of the values ECS allows."""
+    renamed = {ECS_FIELDS.get(key, key): value for key, value in record.items()}
+    outcome = record.get(Field.OUTCOME)
+    if outcome is not None:
+        renamed[ECS_EVENT_OUTCOME] = ECS_OUTCOMES.get(outcome, "unknown")
+    return renamed
 
 
 def write_lines(stream: TextIO, data: bytes) -> None:
@@ -134,9 +142,7 @@ def write_lines(stream: TextIO, data: bytes) -> None:
         stream.write(data.decode())
         stream.flush()
         return
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+    write_all(fd, data)
 
 
 _emitter: Optional[LogEmitter] = None
@@ -164,11 +170,13 @@ def configure(
     must be created in the process that uses it.
     """
     global _emitter
+    log_file = None
     if stream is None and settings.log_file is not None:
-        settings.log_file.parent.mkdir(parents=True, exist_ok=True)
         # Append mode: each batch is one write(), so workers sharing the file never
         # interleave inside a line.
-        stream = open(settings.log_file, "a", encoding="utf-8")  # open for the process lifetime
+        log_file = LogFile(
+            settings.log_file, settings.log_file_max_bytes, settings.log_file_backups
+        )
     shipper = None
     if settings.fluent_host:
         shipper = FluentShipper(
@@ -180,7 +188,10 @@ def configure(
             on_drop=on_drop,
         )
     with _emitter_lock:
-        previous, _emitter = _emitter, LogEmitter(settings, stream=stream, shipper=shipper)
+        previous, _emitter = (
+            _emitter,
+            LogEmitter(settings, stream=stream, shipper=shipper, log_file=log_file),
+        )
     if previous is not None:
         previous.close()
     if shipper is not None:
@@ -199,26 +210,47 @@ _exit_hooks: List[bool] = []
 def _flush_at_exit() -> None:
     """Flush the Fluentd queue when the worker exits or is sent SIGTERM, then exit as before.
 
-    Once per process. A SIGKILLed worker loses what was still queued: nothing can run then.
+    Once per process. The SIGTERM handler itself takes no lock, writes no metric and does
+    no blocking I/O (the interrupted code may hold prometheus_client's non-reentrant lock):
+    it restores the default action and wakes a thread started here, which flushes (for up
+    to 2 s, counting what is left) and then sends SIGTERM again, so the process still dies
+    of SIGTERM. A SIGKILLed worker loses what was still queued: nothing can run then.
     """
     if _exit_hooks:
         return
     _exit_hooks.append(True)
     atexit.register(_close_emitter)
     previous = signal.getsignal(signal.SIGTERM)
+    if previous == signal.SIG_IGN:
+        return
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_write, False)
+    owner = os.getpid()
+
+    def terminate_after_flush() -> None:
+        os.read(wake_read, 1)
+        try:
+            _close_emitter()
+        finally:
+            os.kill(owner, signal.SIGTERM)
 
     def on_sigterm(signum: int, frame: Any) -> None:
-        _close_emitter()
-        if callable(previous):
-            previous(signum, frame)
-        elif previous != signal.SIG_IGN:
-            signal.signal(signum, signal.SIG_DFL)
+        signal.signal(signum, previous if callable(previous) else signal.SIG_DFL)
+        if os.getpid() != owner:  # a forked child: the flushing thread is not here
             os.kill(os.getpid(), signum)
+            return
+        try:
+            os.write(wake_write, b"x")
+        except OSError:  # already woken
+            pass
 
     try:
         signal.signal(signal.SIGTERM, on_sigterm)
     except ValueError:  # not the main thread: atexit alone
-        pass
+        os.close(wake_read)
+        os.close(wake_write)
+        return
+    threading.Thread(target=terminate_after_flush, name="tsobs-sigterm", daemon=True).start()
 
 
 def limit_exception(_logger: Any, _method: str, event: Record) -> Record:

@@ -17,9 +17,10 @@ from typing import Any, Dict, Tuple
 from prometheus_client import Counter, Gauge, Histogram, values
 from prometheus_client.metrics import MetricWrapperBase
 
+from obs import ledger, mpvalue
 from obs.gpu import GpuMemory
 from obs.settings import MULTIPROC_DIR_ENV
-from obs.signals import Label, Metrics, MetricSpec, Outcome, Stage
+from obs.signals import Label, Metrics, MetricSpec, Stage
 
 _identity: Dict[str, str] = {}
 
@@ -28,14 +29,33 @@ def use_multiprocess_dir(directory: Path, identity: str) -> None:
     """Write this process's metric values to ``directory`` under a stable ``identity``.
 
     Two live processes must never share an identity: they would overwrite each other's
-    values. A TorchServe worker port is held by one live worker at a time.
+    values. A TorchServe worker port is held by one live worker at a time. Counters and
+    histograms continue from the files of earlier processes with this identity; gauges start
+    empty, so nothing an earlier process set (an older model version, say) shows as current.
     """
     if _identity.get("value") == identity and os.environ.get(MULTIPROC_DIR_ENV) == str(directory):
         return
     directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob(f"gauge_*_{identity}.db"):
+        stale.unlink()  # a predecessor's gauges: this process owns the identity's from its start
     os.environ[MULTIPROC_DIR_ENV] = str(directory)
-    values.ValueClass = values.MultiProcessValue(process_identifier=lambda: identity)
+
+    def take_child_lock(child: str) -> None:
+        ledger.open_ledger(directory, child)
+
+    mpvalue.configure(directory, identity, on_child=take_child_lock)
+    values.ValueClass = mpvalue.MultiProcessValue
     _identity["value"] = identity
+
+
+def use_memory_only() -> None:
+    """Keep metric values in memory, written nowhere: the metrics directory is unusable.
+
+    prometheus_client picks multi-process values at import when ``PROMETHEUS_MULTIPROC_DIR``
+    is set, and would then fail to create its files there.
+    """
+    values.ValueClass = values.MutexValue
+    _identity.pop("value", None)
 
 
 def create(spec: MetricSpec) -> MetricWrapperBase:
@@ -69,13 +89,15 @@ class ProcessInstruments:
 
 
 class ModelInstruments:
-    """The per-model metrics with their label children cached: the hot path only observes."""
+    """The per-model metrics with their label children cached: the hot path only observes.
+
+    Requests, worker starts and model loads are not here: they are counted in the worker's
+    ledger (:mod:`obs.ledger`), which stays exact when the worker is killed mid-batch.
+    """
 
     def __init__(self, model: str, version: str) -> None:
         self.model = model
         self.version = version
-        requests = create(Metrics.REQUESTS)
-        self.requests = {o: requests.labels(model, version, o) for o in Outcome.ALL}
         stage = create(Metrics.STAGE_DURATION)
         self.stage_seconds = {s: stage.labels(model, version, s) for s in Stage.TIMED}
         self.batch_size = create(Metrics.BATCH_SIZE).labels(model, version)
@@ -83,11 +105,6 @@ class ModelInstruments:
         self._errors = create(Metrics.ERRORS)
         self._error_children: Dict[Tuple[str, str], Any] = {}
         self.load_seconds = create(Metrics.MODEL_LOAD_DURATION).labels(model, version)
-        loads = create(Metrics.MODEL_LOADS)
-        self.loads = {
-            o: loads.labels(model, version, o) for o in (Outcome.SUCCESS, Outcome.SERVER_ERROR)
-        }
-        self.worker_starts = create(Metrics.WORKER_STARTS).labels(model, version)
         self._info = create(Metrics.MODEL_INFO)
         self.torch_mismatch = create(Metrics.TORCH_VERSION_MISMATCH).labels(model, version)
         self._gpu = {

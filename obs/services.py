@@ -6,6 +6,7 @@ the exporter, Prometheus, Alertmanager) is started, awaited and stopped the same
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -20,9 +21,19 @@ from typing import Dict, List, Optional, Sequence
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that nothing listens on right now (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1, host)[0]
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> List[int]:
+    """``count`` distinct free ports for one server: all are held until all are picked, since
+    the kernel may hand a just-released port out again (seen: gRPC given the inference port)."""
+    with contextlib.ExitStack() as held:
+        ports = []
+        for _ in range(count):
+            sock = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind((host, 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
 
 
 def http_get(url: str, timeout: float = 5.0, headers: Optional[Dict[str, str]] = None) -> bytes:

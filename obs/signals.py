@@ -98,25 +98,23 @@ def exception_label(exc: BaseException) -> str:
     return name if name in KNOWN_EXCEPTIONS else OTHER
 
 
-# Buckets: 1 ms to 60 s, about 2.5x apart, so p50/p95/p99 interpolate sensibly across
-# a fast TorchScript model and a slow generative one.
-LATENCY_BUCKETS = (
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-)
+LATENCY_MANTISSAS = (1.0, 1.2, 1.4, 1.6, 1.8, 2.1, 2.5, 3.0, 3.5, 4.2, 5.0, 6.0, 7.0, 8.4)
+"""Stage-latency bounds per decade: round numbers no more than 1.2x apart that keep 1, 2.5 and
+5 (every bound of the earlier 2.5x buckets, so SLO thresholds such as 0.25 s or 0.5 s stay
+bounds). Linear interpolation inside a bucket, which is what ``histogram_quantile`` does, is
+then less than 20% from the true value anywhere from 1 ms to 10 s, whatever the latency
+distribution (the worst case is every observation at one edge of a bucket and the estimate at
+the other). Above 10 s the bounds are coarse."""
+
+LATENCY_BUCKETS = tuple(
+    round(mantissa * 10.0**exponent, 6)
+    for exponent in (-3, -2, -1, 0)
+    for mantissa in LATENCY_MANTISSAS
+) + (10.0, 20.0, 30.0, 60.0)
+"""60 bounds: 57 from 0.001 to 10.0, then 20, 30 and 60 s. Each stage of each model version
+therefore costs 63 series (60 bounds, ``+Inf``, ``_sum``, ``_count``): 252 for the four
+stages, before multiplying by Prometheus' per-target labels."""
+
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 FILL_RATIO_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 LOAD_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
@@ -277,14 +275,16 @@ class Metrics:
     WORKERS = MetricSpec(
         f"{PREFIX}workers",
         "gauge",
-        "Worker processes alive (heartbeat within the last 45 s), counted by the exporter.",
+        "Worker processes alive (a live process holds their ledger) with the model loaded, "
+        "counted by the exporter.",
         by_exporter=True,
     )
     EXPORTER_METRICS_FILES = MetricSpec(
         f"{PREFIX}exporter_metrics_files",
         "gauge",
-        "Files in the multi-process metrics directory: one set per worker port, so a steady "
-        "value means restarts do not grow it.",
+        "Files in the multi-process metrics directory: one set per live worker plus the "
+        "archive of retired ones, so a steady value means restarts and scale events do not "
+        "grow it.",
         (),
         by_exporter=True,
     )
@@ -292,6 +292,22 @@ class Metrics:
         f"{PREFIX}exporter_scrape_duration_seconds",
         "gauge",
         "Time the exporter took to aggregate the worker files for the previous scrape.",
+        (),
+        unit="seconds",
+        by_exporter=True,
+    )
+    EXPORTER_TORCHSERVE_UP = MetricSpec(
+        f"{PREFIX}exporter_torchserve_up",
+        "gauge",
+        "1 when this scrape carries TorchServe's own metrics, fetched from its metrics port "
+        "(exporter --torchserve-metrics), 0 when fetching or parsing them failed.",
+        (),
+        by_exporter=True,
+    )
+    EXPORTER_TORCHSERVE_FETCH_DURATION = MetricSpec(
+        f"{PREFIX}exporter_torchserve_fetch_duration_seconds",
+        "gauge",
+        "Time this scrape spent fetching TorchServe's own metrics (bounded by the timeout).",
         (),
         unit="seconds",
         by_exporter=True,
@@ -325,6 +341,11 @@ class Field:
     SPAN_ID = "span_id"
     OUTCOME = Label.OUTCOME
     STATUS = "status"
+    """HTTP status TorchServe answered. For a request lost with its worker (``reason``
+    ``worker_died``) it is 500: TorchServe answers those "Worker died." with 500, or 507 when
+    the frontend notices the death another way; the worker cannot tell which."""
+    REASON = "reason"
+    """Why a request got no answer from the handler: ``worker_died`` (see :class:`LostReason`)."""
     STAGE = Label.STAGE
     DURATION_MS = "duration_ms"
     PREPROCESS_MS = "preprocess_ms"
@@ -356,8 +377,9 @@ ECS_FIELDS: Dict[str, str] = {
     Field.CLIENT_REQUEST_ID: "http.request.id",
     Field.TRACE_ID: "trace.id",
     Field.SPAN_ID: "span.id",
-    Field.OUTCOME: "event.outcome",
+    Field.OUTCOME: "torchserve.outcome",
     Field.STATUS: "http.response.status_code",
+    Field.REASON: "event.reason",
     Field.WORKER: "torchserve.worker",
     Field.BATCH_ID: "torchserve.batch.id",
     Field.BATCH_SIZE: "torchserve.batch.size",
@@ -372,6 +394,17 @@ ECS_FIELDS: Dict[str, str] = {
     Field.EXCEPTION: "error.stack_trace",
 }
 """Elastic Common Schema names, used when ``TSOBS_LOG_FIELDS=ecs``. Flat dotted keys."""
+
+ECS_EVENT_OUTCOME = "event.outcome"
+"""ECS's outcome field, whose only allowed values are ``success``, ``failure`` and ``unknown``;
+our three-way class stays in ``ECS_FIELDS[Field.OUTCOME]``."""
+
+ECS_OUTCOMES: Dict[str, str] = {
+    Outcome.SUCCESS: "success",
+    Outcome.CLIENT_ERROR: "failure",
+    Outcome.SERVER_ERROR: "failure",
+}
+"""``event.outcome`` for each of our outcomes; anything else is ``unknown``."""
 
 DEFAULT_PORTS: Dict[str, int] = {
     "inference": 8080,

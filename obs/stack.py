@@ -3,8 +3,10 @@
 For hosts where Docker is not available (HPC nodes, locked-down GPU hosts): TorchServe with
 the example model, the exporter, Prometheus and Alertmanager run from the host's binaries on
 loopback ports, configured from the same files as the compose stack (``compose/``), rendered
-for loopback. Grafana runs when its binary is found. Fluentd and Elasticsearch are not run:
-the mixin's JSON lines land in ``<state>/torchserve/logs/model_log.jsonl`` instead.
+for loopback. Grafana runs when its binary is found. Fluentd runs when one is found
+(``--fluentd``, ``$FLUENTD`` or ``fluentd`` on PATH) with the compose stack's config: it tails
+TorchServe's logs and writes to the Elasticsearch given with ``--elasticsearch-url``, else to
+JSON-lines files in ``<state>/fluentd/out``. Elasticsearch itself is not run.
 
 ``up`` records every process it starts (PID and kernel start time) in the state dir, so
 ``down`` stops exactly those processes, and nothing else if a PID was reused meanwhile.
@@ -24,10 +26,11 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional
+from urllib.parse import urlsplit
 
 from obs.errors import UsageError
 from obs.exporter import exporter_service
-from obs.services import Service, free_port, stop_process_group, wait_until_http_ok
+from obs.services import Service, free_ports, stop_process_group, wait_until_http_ok
 from obs.signals import DEFAULT_PORTS
 from obs.torchserve import LOOPBACK, TorchServe, TorchServePorts, torchserve_binary
 
@@ -49,6 +52,9 @@ NATIVE_SERVICES = (
 )
 """Keys of :data:`DEFAULT_PORTS` the native stack listens on."""
 
+FLUENTD_PORTS = {"fluentd_forward": DEFAULT_PORTS["fluentd_forward"], "fluentd_monitor": 24220}
+"""Fluentd's forward input and its monitor agent (readiness), when the stack runs Fluentd."""
+
 TORCHSERVE_OWN_KEYS = ("inference_address", "management_address", "metrics_address", "model_store")
 """config.properties keys the native runner sets itself (loopback addresses, its model store)."""
 
@@ -59,6 +65,8 @@ INSTALL_HINTS = {
     "binary from https://prometheus.io/download/ on PATH",
     "java": "TorchServe 0.12 needs a Java 17 runtime: apt-get install openjdk-17-jre-headless, "
     "or set JAVA_HOME",
+    "fluentd": "optional: a Fluentd 1.16 with fluent-plugin-elasticsearch 5.4 (--fluentd PATH, "
+    "FLUENTD=PATH, or fluentd on PATH); until then the mixin's JSON lines are in",
     "grafana": "optional: install Grafana (https://grafana.com/grafana/download) and set "
     "GRAFANA_ADMIN_PASSWORD; until then import dashboards/*.json into any Grafana",
 }
@@ -237,11 +245,17 @@ def port_is_free(port: int) -> bool:
     return True
 
 
-def choose_ports(free: bool) -> Dict[str, int]:
-    """The usual ports (refused if taken, naming the service), or free ones if asked."""
-    wanted = {**{name: DEFAULT_PORTS[name] for name in NATIVE_SERVICES}, **TORCHSERVE_EXTRA_PORTS}
+def choose_ports(free: bool, extra: Optional[Mapping[str, int]] = None) -> Dict[str, int]:
+    """The usual ports (refused if taken, naming the service), or free ones if asked.
+
+    ``extra``: the usual ports of the optional services that will run."""
+    wanted = {
+        **{name: DEFAULT_PORTS[name] for name in NATIVE_SERVICES},
+        **TORCHSERVE_EXTRA_PORTS,
+        **(extra or {}),
+    }
     if free:
-        return {name: free_port() for name in wanted}
+        return dict(zip(wanted, free_ports(len(wanted))))
     taken = [f"{port} ({name})" for name, port in wanted.items() if not port_is_free(port)]
     if taken:
         raise UsageError(
@@ -281,8 +295,6 @@ class Stack:
         ports = self.state.ports
         settings = read_properties(compose / "torchserve" / "config.properties")
         extra = {key: value for key, value in settings.items() if key not in TORCHSERVE_OWN_KEYS}
-        log_config = (compose / "torchserve" / "log4j2.xml").resolve()
-        extra["vmargs"] = f"-Dlog4j.configurationFile=file://{log_config}"
         torchserve = TorchServe(
             workdir=self.state_dir / "torchserve",
             model_store=self.model_store(),
@@ -433,6 +445,40 @@ class Stack:
             "/api/health",
         )
 
+    def start_fluentd(self, binary: str, compose: Path) -> None:
+        """Fluentd with compose/fluentd/fluent.conf, tailing this stack's TorchServe logs."""
+        directory = (self.state_dir / "fluentd").resolve()
+        env = {
+            **os.environ,
+            "TSOBS_LOG_DIR": str((self.state_dir / "torchserve" / "logs").resolve()),
+            "TSOBS_LOG_FIELDS": os.environ.get("TSOBS_LOG_FIELDS", "otel"),
+            "FLUENTD_BUFFER_DIR": str(directory / "buffer"),
+            "FLUENTD_FORWARD_BIND": LOOPBACK,
+            "FLUENTD_FORWARD_PORT": str(self.state.ports["fluentd_forward"]),
+            "FLUENTD_MONITOR_PORT": str(self.state.ports["fluentd_monitor"]),
+        }
+        if self.args.elasticsearch_url:
+            target = urlsplit(self.args.elasticsearch_url)
+            env.update(
+                TSOBS_ES_HOST=target.hostname or LOOPBACK, TSOBS_ES_PORT=str(target.port or 9200)
+            )
+        else:
+            env.update(
+                FLUENTD_OUTPUT="output-file.conf", FLUENTD_FILE_OUTPUT_DIR=str(directory / "out")
+            )
+        (directory / "buffer").mkdir(parents=True, exist_ok=True)
+        service = Service(
+            "fluentd",
+            [binary, "-c", str(compose / "fluentd" / "fluent.conf"), "--no-supervisor"],
+            self._log("fluentd"),
+            env=env,
+        )
+        service.start()
+        self.record("fluentd", service, self.url("fluentd_monitor"))
+        self.wait("fluentd_monitor", "/api/plugins.json", service, timeout=120.0)
+        where = self.args.elasticsearch_url or f"JSON-lines files in {directory / 'out'}"
+        self.state.notes.append(f"Fluentd ships TorchServe's and the mixin's logs to {where}")
+
     def _log(self, name: str) -> Path:
         return self.state_dir / "logs" / f"{name}.log"
 
@@ -471,11 +517,18 @@ def up(args: argparse.Namespace) -> int:
         raise UsageError(str(err)) from None
 
     state_dir.mkdir(parents=True, exist_ok=True)
-    state = State(ports=choose_ports(args.free_ports), tmp_dir=tempfile.mkdtemp(prefix="tsobs-"))
-    state.notes.append(
-        "Fluentd and Elasticsearch are not run natively: the mixin's JSON lines are in "
-        f"{state_dir / 'torchserve' / 'logs' / 'model_log.jsonl'}"
+    fluentd = args.fluentd or os.environ.get("FLUENTD") or find_binary(["fluentd"])
+    if args.fluentd and not Path(args.fluentd).is_file():
+        raise UsageError(f"--fluentd {args.fluentd}: no such file")
+    state = State(
+        ports=choose_ports(args.free_ports, FLUENTD_PORTS if fluentd else None),
+        tmp_dir=tempfile.mkdtemp(prefix="tsobs-"),
     )
+    if not fluentd:
+        state.notes.append(
+            f"Fluentd not started: {INSTALL_HINTS['fluentd']} "
+            f"{state_dir / 'torchserve' / 'logs' / 'model_log.jsonl'}"
+        )
     state.save(state_dir)
     stack = Stack(args, state_dir, state)
     steps: List[Callable[[], None]] = [
@@ -485,6 +538,8 @@ def up(args: argparse.Namespace) -> int:
         lambda: stack.start_prometheus(prometheus, compose),
         lambda: stack.start_grafana(compose),
     ]
+    if fluentd:
+        steps.insert(2, lambda: stack.start_fluentd(fluentd, compose))
     try:
         for step in steps:
             step()
@@ -597,6 +652,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--free-ports",
         action="store_true",
         help="pick free ports instead of the usual ones (8080-8083, 9090, 9093, 3000)",
+    )
+    start.add_argument(
+        "--fluentd",
+        metavar="PATH",
+        help="the fluentd command to ship logs with (default: $FLUENTD, else fluentd on PATH)",
+    )
+    start.add_argument(
+        "--elasticsearch-url",
+        metavar="URL",
+        help="Fluentd writes to this Elasticsearch, http://HOST:PORT (default: local files)",
     )
     start.add_argument(
         "--scrape-interval",

@@ -7,6 +7,7 @@ so several instances can run side by side, and metrics are served in ``prometheu
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -18,9 +19,14 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional
 
 from obs.errors import install_hint
-from obs.services import Service, free_port, http_get, wait_until_http_ok
+from obs.services import Service, free_ports, http_get, wait_until_http_ok
 
 LOOPBACK = "127.0.0.1"
+
+LOG4J_CONFIG = Path(__file__).resolve().parent / "data" / "log4j2.xml"
+"""Our log4j2 config: the mixin's JSON lines written once, raw, to ``logs/model_log.jsonl``
+(TorchServe's stock config writes each worker line to the console, model_log.log and
+ts_log.log). Users add it with ``vmargs=-Dlog4j.configurationFile=file://<this path>``."""
 
 
 @dataclass(frozen=True)
@@ -34,7 +40,7 @@ class TorchServePorts:
 
     @classmethod
     def free(cls, first_worker: int = 9000) -> TorchServePorts:
-        return cls(free_port(), free_port(), free_port(), free_port(), free_port(), first_worker)
+        return cls(*free_ports(5), first_worker)
 
     @property
     def inference_url(self) -> str:
@@ -90,6 +96,8 @@ class TorchServe:
     load_models: str = "all"
     env: Mapping[str, str] = field(default_factory=dict)
     extra_config: Mapping[str, str] = field(default_factory=dict)
+    log_config: Optional[Path] = LOG4J_CONFIG
+    """The log4j2 config; None keeps TorchServe's stock one."""
     service: Optional[Service] = None
 
     @property
@@ -98,8 +106,13 @@ class TorchServe:
 
     @property
     def model_log(self) -> Path:
-        """Where every worker stdout line lands, prefixed by log4j."""
+        """Where worker stdout lines land, prefixed by log4j (with our config, all but JSON)."""
         return self.log_dir / "model_log.log"
+
+    @property
+    def json_log(self) -> Path:
+        """Where the worker's JSON lines land: raw in model_log.jsonl with our log4j config."""
+        return self.log_dir / "model_log.jsonl" if self.log_config else self.model_log
 
     def start(self) -> TorchServe:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -129,6 +142,8 @@ class TorchServe:
             "--ts-config",
             str(config),
         ]
+        if self.log_config is not None:
+            argv += ["--log-config", str(self.log_config)]
         self.service = Service(
             "torchserve", argv, self.workdir / "torchserve.out", env=env, cwd=self.workdir
         )
@@ -170,3 +185,14 @@ class TorchServe:
     def stop(self) -> None:
         if self.service is not None:
             self.service.stop()
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "log4j-config",
+        help="print the path of our log4j2 config for TorchServe",
+        description="Print the path of the log4j2 config that writes the mixin's JSON lines "
+        "once, raw, to logs/model_log.jsonl. Use it in config.properties: "
+        "vmargs=-Dlog4j.configurationFile=file://PATH, or torchserve --log-config PATH.",
+    )
+    parser.set_defaults(func=lambda _args: print(LOG4J_CONFIG))

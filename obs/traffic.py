@@ -57,11 +57,13 @@ def json_request(payload: Any, headers: Optional[Mapping[str, str]] = None) -> R
 
 
 def json_log_entries(model_log: Path) -> List[Tuple[str, Dict[str, Any]]]:
-    """Each line of TorchServe's model_log.log that carries a worker's JSON object, with it."""
+    """Each line of a TorchServe log that carries a worker's JSON object, with it: raw lines
+    (model_log.jsonl, our log4j config) or inside log4j lines (model_log.log, the stock one)."""
     entries = []
     for line in model_log.read_text(errors="replace").splitlines():
         _, found, message = line.partition(LOG_MARKER)
-        if found and message.startswith("{"):
+        message = message if found else line
+        if message.startswith("{"):
             try:
                 entries.append((line, json.loads(message)))
             except ValueError:
@@ -70,5 +72,5 @@ def json_log_entries(model_log: Path) -> List[Tuple[str, Dict[str, Any]]]:
 
 
 def json_log_lines(model_log: Path) -> List[Dict[str, Any]]:
-    """The JSON objects among the worker output lines in TorchServe's model_log.log."""
+    """The JSON objects among the worker output lines in a TorchServe log."""
     return [record for _, record in json_log_entries(model_log)]

@@ -20,6 +20,7 @@ import yaml
 from jsonschema import Draft7Validator
 
 from obs.signals import DEFAULT_PORTS, ECS_FIELDS, Field
+from obs.torchserve import LOG4J_CONFIG
 from tests.support.paths import REPO as ROOT
 from tests.support.paths import SCHEMAS
 
@@ -186,7 +187,7 @@ def test_generated_files_are_mounted_not_copied(mount: str, folder: str) -> None
 
 
 def _json_line_regex() -> re.Pattern[str]:
-    root = ET.parse(COMPOSE / "torchserve" / "log4j2.xml").getroot()
+    root = ET.parse(LOG4J_CONFIG).getroot()
     filters = {
         a.get("name"): a.find("RegexFilter")
         for a in root.iter("RollingFile")
@@ -214,7 +215,7 @@ def test_log4j_routes_json_lines_apart_from_text_lines() -> None:
 def test_log4j_collects_each_line_once() -> None:
     loggers = {
         lg.get("name"): lg
-        for lg in ET.parse(COMPOSE / "torchserve" / "log4j2.xml").getroot().iter("Logger")
+        for lg in ET.parse(LOG4J_CONFIG).getroot().iter("Logger")
     }
     for name in ("MODEL_LOG", "org.pytorch.serve"):
         assert loggers[name].get("additivity") == "false", name
@@ -229,8 +230,14 @@ def test_log4j_collects_each_line_once() -> None:
 # --- Fluentd --------------------------------------------------------------------------
 
 
+def _fluentd_conf() -> str:
+    """fluent.conf with the Elasticsearch output it includes by default."""
+    folder = COMPOSE / "fluentd"
+    return (folder / "fluent.conf").read_text() + (folder / "output-elasticsearch.conf").read_text()
+
+
 def test_fluentd_conf_keeps_its_own_logs_out_and_bounds_buffers() -> None:
-    conf = (COMPOSE / "fluentd" / "fluent.conf").read_text()
+    conf = _fluentd_conf()
     assert "<label @FLUENT_LOG>" in conf
     assert re.search(r"^<match torchserve torchserve\.\*\*>", conf, re.M), "no catch-all <match **>"
     assert not re.search(r"^\s*<match \*\*>", conf, re.M)
@@ -269,7 +276,7 @@ def test_fluentd_parses_the_log4j_prefix_torchserve_writes() -> None:
 # --- Elasticsearch and Kibana -----------------------------------------------------------
 
 FIELD_TYPES = {
-    Field.TIMESTAMP: "date",
+    Field.TIMESTAMP: "date_nanos",
     Field.REQUEST_ID: "keyword",
     Field.REQUEST_IDS: "keyword",
     Field.CLIENT_REQUEST_ID: "keyword",
@@ -308,7 +315,7 @@ def test_index_template_maps_every_log_field(mode: str) -> None:
         assert "type" in _mapping(template, rename.get(field, field)), field
     for field, es_type in FIELD_TYPES.items():
         assert _mapping(template, rename.get(field, field))["type"] == es_type, field
-    assert _mapping(template, "@timestamp")["type"] == "date"
+    assert _mapping(template, "@timestamp")["type"] == "date_nanos"
 
 
 def test_ilm_policy_rolls_over_and_deletes() -> None:
@@ -326,8 +333,10 @@ def test_ilm_policy_rolls_over_and_deletes() -> None:
 
 def test_data_streams_avoid_the_builtin_logs_templates() -> None:
     # logs-*-* would pick up Elasticsearch's built-in templates (LogsDB) instead of ours.
-    compose_stream = _services()["fluentd"]["environment"]["TSOBS_ES_DATA_STREAM"]
-    assert compose_stream.startswith("tsobs-logs-") and not compose_stream.startswith("logs-")
+    conf = _fluentd_conf()
+    (stream,) = re.findall(r"^\s*index_name (.*)$", conf, re.M)
+    assert stream.startswith('"tsobs-logs-') and not stream.startswith('"logs-')
+    assert _services()["fluentd"]["environment"]["TSOBS_LOG_FIELDS"].startswith("${TSOBS_LOG_FIELDS")
 
 
 def test_kibana_saved_search_finds_lines_by_request_id() -> None:

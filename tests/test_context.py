@@ -11,6 +11,7 @@ from obs.context import (
     bind_batch,
     clean_value,
     parse_traceparent,
+    recover_utf8,
     reset_batch,
 )
 from obs.logs import render
@@ -93,6 +94,20 @@ def test_batch_context_is_scoped() -> None:
     assert batch_fields()["batch_id"] == "w1-1"
     reset_batch(token)
     assert dict(batch_fields()) == {}
+
+
+@pytest.mark.parametrize("sent", ["id-😀-ü-中", "ascii-only", "café"])
+def test_utf8_header_values_survive_torchserves_latin1_decoding(sent: str) -> None:
+    """TorchServe's frontend decodes header bytes as ISO-8859-1 and hands the handler that
+    text: the client's UTF-8 value is recovered before it is cleaned."""
+    as_handed = sent.encode("utf-8").decode("latin-1")
+    ids = RequestIds.from_headers("ts-1", {"X-Request-ID": as_handed})
+    assert ids.client_request_id == sent
+
+
+def test_a_value_that_is_not_latin1_text_is_kept() -> None:
+    assert recover_utf8("Ω-already-unicode") == "Ω-already-unicode"
+    assert recover_utf8("\xff\xfe") == "\xff\xfe"  # not UTF-8 bytes: left as TorchServe gave it
 
 
 def test_header_names_are_learned_once_and_never_grow_without_bound() -> None:

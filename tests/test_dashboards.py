@@ -249,9 +249,11 @@ THRESHOLD_CONFIG = {
     },
     "slo": {
         "latency": {"threshold_seconds": 0.5},
+        # Half of a 20-hour budget in 1 h burns at 10x, in 5 h at 2x.
+        "window": "20h",
         "burn_windows": {
-            "fast": [{"long": "1h", "short": "5m", "factor": 10}],
-            "slow": [{"long": "1d", "short": "2h", "factor": 2}],
+            "fast": [{"long": "1h", "short": "5m", "budget": 0.5}],
+            "slow": [{"long": "5h", "short": "1h", "budget": 0.5}],
         },
     },
 }
@@ -264,7 +266,7 @@ EXPECTED_STEPS = {
     "GPU utilisation": [(None, "blue"), (20, "green")],
     "Host memory": [(None, "green"), (75, "red")],
     "Disk utilisation": [(None, "green"), (85, "red")],
-    "Worker process starts per 5m": [(None, "green"), (3, "red")],
+    "Worker process starts per 1h": [(None, "green"), (3, "red")],
     "Mean model load duration since start": [(None, "green"), (60, "red")],
     "Handler stage latency p50 / p95 / p99": [(None, "green"), (0.5, "red")],
     "Handler stage latency p99": [(None, "green"), (0.5, "red")],

@@ -50,7 +50,11 @@ def test_a_second_run_starts_clean_and_ends_with_next_steps(tmp_path: Path) -> N
     assert sum(int(c) for c in counts) == 12, output
     assert re.search(r"^tsobs_batch_size_sum\{.*\} 12\.0$", output, re.M), output
 
-    log = (workdir / "torchserve" / "logs" / "model_log.log").read_text()
+    named = re.search(r"^\d+ JSON log lines in (\S+); a few of them", output, re.M)
+    assert named, output
+    log_path = Path(named.group(1))
+    assert log_path.is_relative_to(workdir), log_path
+    log = log_path.read_text()
     samples = _sample_lines(output)
     assert len(samples) == 4
     for line in samples:

@@ -94,7 +94,7 @@ def test_fluentd_down_then_up(tmp_path, model_store) -> None:
         assert set(receiver.tags) == {"torchserve"}
         # The file took every line, the frontend's model log none of them.
         assert len(completions(json_lines(log_file), MODEL_NAME)) == 170
-        assert not completions(json_log_lines(server.model_log), MODEL_NAME)
+        assert not completions(json_log_lines(server.json_log), MODEL_NAME)
     finally:
         if receiver is not None:
             receiver.close()

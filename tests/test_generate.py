@@ -33,12 +33,12 @@ def _generate(tmp_path: Path, cfg_text: str = "") -> Path:
 
 
 def test_committed_outputs_are_fresh(tmp_path: Path) -> None:
-    """CI fails when dashboards/ or alerts/ differ from what the defaults generate."""
+    """CI fails when dashboards/, alerts/ or kubernetes/ differ from what the defaults generate."""
     out = _generate(tmp_path)
     generated = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
     committed = sorted(
         p.relative_to(REPO)
-        for d in ("dashboards", "alerts")
+        for d in ("dashboards", "alerts", "kubernetes")
         for p in (REPO / d).rglob("*")
         if p.is_file() and "tests" not in p.relative_to(REPO).parts
     )
@@ -68,7 +68,7 @@ def test_example_config_is_valid_and_documents_every_key() -> None:
         ("dashboards: {kibana_url: 'kibana:5601'}", "dashboards.kibana_url"),
         ("dashboards: {log_fields: json}", "dashboards.log_fields"),
         ("colour: blue", "colour"),
-        ("slo: {latency: {threshold_seconds: 0.3}}", "slo.latency.threshold_seconds"),
+        ("slo: {latency: {threshold_seconds: 0.33}}", "slo.latency.threshold_seconds"),
         (
             "alerts: {TorchServeTargetDown: {severity: page}}",
             "alerts.TorchServeTargetDown.severity",
@@ -98,7 +98,7 @@ rate_window: five minutes
 min_request_rate: -1
 slo:
   availability: 1.5
-  latency: {threshold_seconds: 0.3}
+  latency: {threshold_seconds: 0.33}
 dashboards: {uid_prefix: Has Spaces}
 alerts:
   TorchServeModelErrorRatioHigh: {threshold: high, severity: page}
@@ -112,7 +112,7 @@ alerts:
         ("rate_window", "'five minutes'"),
         ("min_request_rate", "-1"),
         ("slo.availability", "1.5"),
-        ("slo.latency.threshold_seconds", "0.3"),
+        ("slo.latency.threshold_seconds", "0.33"),
         ("dashboards.uid_prefix", "'Has Spaces'"),
         ("alerts.TorchServeModelErrorRatioHigh.threshold", "'high'"),
         ("alerts.TorchServeModelErrorRatioHigh.severity", "'page'"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import time
 
 import pytest
@@ -115,15 +116,39 @@ def test_shipper_delivers_records_unchanged() -> None:
     assert set(receiver.tags) == {"torchserve"}
 
 
-def test_bad_settings_are_refused_with_the_variable_named() -> None:
-    import pytest
+def test_a_bad_setting_disables_only_what_it_configures(capsys, tmp_path, monkeypatch) -> None:
+    (tmp_path / "a-file").write_text("")  # a file where the log file's folder should be
+    settings = Settings.from_env(
+        {
+            "TSOBS_FLUENT_HOST": "127.0.0.1",
+            "TSOBS_FLUENT_PORT": "abc",
+            "TSOBS_LOG_FIELDS": "splunk",
+            "TSOBS_GPU_SAMPLE_INTERVAL_S": "-1",
+            "TSOBS_LOG_FILE": str(tmp_path / "a-file" / "x.log"),
+        }
+    )
+    assert settings.fluent_host is None and settings.gpu_sample_interval_s is None
+    assert settings.log_fields == "otel" and settings.log_file is None
+    messages = [p.message() for p in settings.problems]
+    assert len(messages) == 4
+    for variable, value, disabled in (
+        ("TSOBS_FLUENT_PORT", "'abc'", "Fluentd shipping is off"),
+        ("TSOBS_LOG_FIELDS", "'splunk'", "field names are otel"),
+        ("TSOBS_GPU_SAMPLE_INTERVAL_S", "'-1'", "GPU memory is not sampled"),
+        ("TSOBS_LOG_FILE", "a-file", "JSON lines go to stdout"),
+    ):
+        (message,) = [m for m in messages if m.startswith(f"torchserve-obs: {variable}=")]
+        assert value in message and disabled in message
+    from obs.settings import report
 
-    from obs.settings import SettingsError
-
-    with pytest.raises(SettingsError, match="TSOBS_FLUENT_PORT"):
-        Settings.from_env({"TSOBS_FLUENT_PORT": "abc"})
-    with pytest.raises(SettingsError, match="TSOBS_LOG_FIELDS"):
-        Settings.from_env({"TSOBS_LOG_FIELDS": "splunk"})
+    report(settings.problems)
+    report(Settings.from_env({"TSOBS_FLUENT_PORT": "abc"}).problems)
+    said = capsys.readouterr().err
+    assert said.count("TSOBS_FLUENT_PORT") == 1  # once per process
+    monkeypatch.setenv("TSOBS_FLUENT_PORT", "abc")
+    monkeypatch.setenv("TSOBS_GPU_SAMPLE_INTERVAL_S", "-1")
+    monkeypatch.setenv("TSOBS_LOG_LEVEL", "loud")
+    logs.get_logger("user").info("still logging")  # never raises into the handler
 
 
 SHUTDOWN_WORKER = """
@@ -175,6 +200,142 @@ def test_huge_exceptions_are_cut_to_a_bounded_line(monkeypatch) -> None:
         assert record["exception"].startswith("[truncated]") and record["exception"].endswith(
             "the end"
         )
+
+
+BUSY_WORKER = """
+import os, sys
+from pathlib import Path
+from obs import logs
+from obs.metrics import ModelInstruments, ProcessInstruments, use_multiprocess_dir
+from obs.settings import Settings
+use_multiprocess_dir(Path(sys.argv[1]), "w9000")
+process = ProcessInstruments()
+metrics = ModelInstruments("m", "1")
+emitter = logs.configure(Settings.from_env(), on_drop=process.count_dropped, stream=open(os.devnull, "w"))
+print("busy", flush=True)
+while True:  # a worker in inference: metric writes hold prometheus_client's lock all the time
+    for _ in range(50):
+        metrics.stage_seconds["inference"].observe(0.01)
+        process.count_dropped("queue_full", 0)
+    emitter.emit([{"event": "request_completed"}])
+"""
+
+
+def test_sigterm_never_hangs_a_busy_worker(tmp_path) -> None:
+    """20 rounds: SIGTERM lands anywhere in a worker busy writing metrics and lines; each
+    exits within 3 s (the handler used to deadlock on prometheus_client's lock)."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TSOBS_FLUENT_HOST": "127.0.0.1", "TSOBS_FLUENT_PORT": str(free_port())}
+    rng = random.Random(6)
+    for round_ in range(20):
+        worker = subprocess.Popen(
+            [sys.executable, "-c", BUSY_WORKER, str(tmp_path / str(round_))],
+            env=env,
+            stdout=subprocess.PIPE,
+        )
+        try:
+            assert worker.stdout is not None and worker.stdout.readline() == b"busy\n"
+            time.sleep(rng.uniform(0.05, 0.4))
+            worker.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            try:
+                code = worker.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                raise AssertionError(f"round {round_}: still alive 3 s after SIGTERM") from None
+        finally:
+            if worker.poll() is None:  # never leave a busy process behind
+                worker.kill()
+                worker.wait()
+        assert code == -signal.SIGTERM, (round_, code)
+        assert time.monotonic() - signalled < 3
+
+
+def test_ecs_outcome_takes_only_the_values_ecs_allows() -> None:
+    stream = io.StringIO()
+    emitter = logs.LogEmitter(Settings.from_env({"TSOBS_LOG_FIELDS": "ecs"}), stream=stream)
+    emitter.emit(
+        [{"level": "info", "outcome": o} for o in ("success", "client_error", "server_error")]
+        + [{"level": "info", "event": "no outcome here"}]
+    )
+    got = lines(stream)
+    assert [r.get("event.outcome") for r in got] == ["success", "failure", "failure", None]
+    assert [r.get("torchserve.outcome") for r in got] == [
+        "success",
+        "client_error",
+        "server_error",
+        None,
+    ]
+    assert all("outcome" not in r and "level" not in r for r in got)
+
+
+def test_values_msgpack_cannot_pack_are_shipped_as_the_json_line_has_them() -> None:
+    import datetime
+    import uuid
+
+    port = free_port()
+    receiver = ForwardReceiver(port)
+    drops: dict = {}
+    shipper = FluentShipper(
+        "127.0.0.1", port, "torchserve", 100, 1 << 20, lambda r, n: drops.update({r: n})
+    )
+    when = datetime.datetime(2026, 11, 27, 12, 0, 1, 123456, tzinfo=datetime.timezone.utc)
+    record = {"event": "user line", "when": when, "id": uuid.UUID(int=7), "obj": object}
+    shipper.ship(record)
+    shipper.close()
+    (received,) = wait_for(receiver.snapshot, 10, "the record at the test receiver")
+    receiver.close()
+    assert received == json.loads(logs.render(record)) and not drops
+    assert received["when"] == "2026-11-27T12:00:01.123456+00:00"
+
+
+def _all_lines(path) -> list:
+    files = [path, *sorted(path.parent.glob(path.name + ".*[0-9]"))]
+    return [json.loads(line) for f in files for line in f.read_text().splitlines()]
+
+
+def test_log_file_rotates_by_size_across_writers_without_losing_a_line(
+    tmp_path, monkeypatch
+) -> None:
+    from obs import logfile
+
+    monkeypatch.setattr(logfile, "CHECK_INTERVAL_S", 0.0)  # check at every write
+    path = tmp_path / "tsobs.jsonl"
+    workers = [logfile.LogFile(path, max_bytes=4000, backups=100) for _ in range(2)]
+    for n in range(600):
+        workers[n % 2].write(logs.render({"n": n, "pad": "x" * 40}) + b"\n")
+    backups = sorted(tmp_path.glob("tsobs.jsonl.*[0-9]"))
+    assert len(backups) >= 5  # rotated, and more than once
+    assert sorted(r["n"] for r in _all_lines(path)) == list(range(600))
+    # A writer can add at most one batch past the limit before it rotates.
+    assert all(f.stat().st_size < 4000 + 100 for f in [path, *backups])
+
+
+def test_log_file_keeps_the_last_backups_and_follows_an_outside_rotation(
+    tmp_path, monkeypatch
+) -> None:
+    from obs import logfile
+
+    monkeypatch.setattr(logfile, "CHECK_INTERVAL_S", 0.0)
+    path = tmp_path / "tsobs.jsonl"
+    writer = logfile.LogFile(path, max_bytes=500, backups=2)
+    for n in range(100):
+        writer.write(logs.render({"n": n, "pad": "x" * 40}) + b"\n")
+    rotated = logfile.rotated_files(path)
+    assert len(rotated) == 2
+    assert all(re.fullmatch(r"tsobs\.jsonl\.\d{8}T\d{12}", p.name) for p in rotated)
+    kept = sorted(r["n"] for r in _all_lines(path))
+    assert kept[-1] == 99 and kept[0] > 0  # the newest lines kept, the oldest deleted
+    assert kept == list(range(kept[0], 100))
+    # logrotate with "create": the file is renamed away; the next write goes to a new one.
+    unbounded = logfile.LogFile(path, max_bytes=0, backups=1)
+    path.rename(tmp_path / "rotated-by-logrotate")
+    unbounded.write(b'{"n": "after"}\n')
+    assert json.loads(path.read_text()) == {"n": "after"}
 
 
 @pytest.mark.parametrize("fields", ["otel", "ecs"])

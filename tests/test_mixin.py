@@ -20,6 +20,7 @@ from handler_mixins.observability import ObservabilityMixin, Observer, worker_id
 from handler_mixins.testing import (
     load_model,
     make_context,
+    metrics_cache,
     predict,
     unpack_archive,
     wire_request,
@@ -247,7 +248,9 @@ def test_gpu_memory_is_sampled_on_an_interval_not_per_batch() -> None:
     assert sampler.maybe_sample() is True and len(published) == 2
 
 
-def test_a_handle_override_calling_super_is_observed_once(unpacked, metrics_dir: Path, capsys) -> None:
+def test_a_handle_override_calling_super_is_observed_once(
+    unpacked, metrics_dir: Path, capsys
+) -> None:
     from handler_mixins.example.tiny_classifier import TinyClassifier
 
     class Wrapping(ObservabilityMixin, TinyClassifier):
@@ -259,16 +262,26 @@ def test_a_handle_override_calling_super_is_observed_once(unpacked, metrics_dir:
     handler.initialize(context)
     before = samples(metrics_dir)
     capsys.readouterr()
-    answers = handler.handle([{"body": [1, 2, 3, 4]}, {"body": [4, 3, 2, 1]}], with_requests(context, [{}, {}]))
+    answers = handler.handle(
+        [{"body": [1, 2, 3, 4]}, {"body": [4, 3, 2, 1]}], with_requests(context, [{}, {}])
+    )
     assert all(a["wrapped"] for a in answers) and len(answers) == 2
     after = samples(metrics_dir)
     labels = {"model_name": MODEL_NAME, "outcome": "success"}
-    assert total(after, "tsobs_requests_total", **labels) - total(before, "tsobs_requests_total", **labels) == 2
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert (
+        total(after, "tsobs_requests_total", **labels)
+        - total(before, "tsobs_requests_total", **labels)
+        == 2
+    )
+    lines = [
+        json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")
+    ]
     assert [r["batch_index"] for r in lines if r["event"] == "request_completed"] == [0, 1]
 
 
-def test_gpu_memory_wiring_with_a_substituted_reader(services, metrics_dir: Path, monkeypatch) -> None:
+def test_gpu_memory_wiring_with_a_substituted_reader(
+    services, metrics_dir: Path, monkeypatch
+) -> None:
     """No GPU here: the CPU worker gets no sampler; a CUDA one publishes per-worker gauges.
 
     The torch reads themselves (``obs.gpu.read_cuda_memory``) are replaced by fixed figures:
@@ -282,7 +295,9 @@ def test_gpu_memory_wiring_with_a_substituted_reader(services, metrics_dir: Path
     observer: Observer = handler.__dict__["_tsobs_observer"]
     assert observer.gpu_sampler is None  # loaded on CPU
 
-    figures = GpuMemory(allocated=1 << 20, reserved=2 << 20, peak=3 << 20, used=5 << 20, total=8 << 20)
+    figures = GpuMemory(
+        allocated=1 << 20, reserved=2 << 20, peak=3 << 20, used=5 << 20, total=8 << 20
+    )
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(observability, "read_cuda_memory", lambda index: figures)
     monkeypatch.setattr(handler, "device", torch.device("cuda", 1), raising=False)
@@ -293,3 +308,136 @@ def test_gpu_memory_wiring_with_a_substituted_reader(services, metrics_dir: Path
     assert total(exported, "tsobs_gpu_memory_allocated_bytes", **worker) == 1 << 20
     assert total(exported, "tsobs_gpu_memory_peak_bytes", **worker) == 3 << 20
     assert total(exported, "tsobs_gpu_memory_total_bytes", device="cuda:1") == 8 << 20
+
+
+def test_a_prediction_exception_subclass_keeps_its_status(
+    unpacked, metrics_dir: Path, capsys
+) -> None:
+    """TorchServe answers a ``PredictionException`` subclass with its ``error_code`` (its
+    ``except`` matches subclasses): a 429 is a client error, not a 503."""
+    from ts.service import Service
+    from ts.utils.util import PredictionException
+
+    from handler_mixins.example.tiny_classifier import TinyClassifier
+
+    class Overloaded(PredictionException):
+        pass
+
+    class Shedding(ObservabilityMixin, TinyClassifier):
+        def preprocess(self, data):
+            raise Overloaded("try later", 429)
+
+    handler = Shedding()
+    manifest = json.loads((unpacked[MODEL_NAME] / "MAR-INF" / "MANIFEST.json").read_text())
+    service = Service(
+        MODEL_NAME,
+        str(unpacked[MODEL_NAME]),
+        manifest,
+        handler.handle,
+        None,
+        8,
+        metrics_cache=metrics_cache(),
+    )
+    service.set_cl_socket(None)
+    handler.initialize(service.context)
+    before = samples(metrics_dir)
+    capsys.readouterr()
+    response = predict(service, batch(GOOD))
+    assert b"try later" in response  # what TorchServe answers, with status 429
+    after = samples(metrics_dir)
+    labels = {"model_name": MODEL_NAME, "outcome": "client_error"}
+    assert (
+        total(after, "tsobs_requests_total", **labels)
+        - total(before, "tsobs_requests_total", **labels)
+        == 1
+    )
+    lines = [
+        json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")
+    ]
+    assert [r["status"] for r in lines if r["event"] == "request_completed"] == [429]
+
+
+KEPT_WORKER = """
+import sys
+from pathlib import Path
+from obs import heartbeat
+heartbeat.INTERVAL_S = 0.2
+from handler_mixins.testing import load_model, predict, wire_request
+service = load_model(Path(sys.argv[1]), "tiny", batch_size=8)
+predict(service, [wire_request("r-1", b"[1, 2, 3, 4]")])
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_removed_metrics_directory_is_put_back_with_the_values(
+    unpacked: Dict[str, Path], tmp_path: Path
+) -> None:
+    """The upkeep thread survives the directory going: files re-created, values continued,
+    the event counted; the live worker never disappears from the exporter for good."""
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.support.traffic import wait_for
+
+    directory = tmp_path / "metrics"
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)}
+    worker = subprocess.Popen(
+        [sys.executable, "-c", KEPT_WORKER, str(unpacked[MODEL_NAME])],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert worker.stdout is not None
+        while worker.stdout.readline() != b"ready\n":
+            pass
+        assert total(samples(directory), "tsobs_requests_total", outcome="success") == 1
+        shutil.rmtree(directory)
+
+        def back() -> Samples:
+            found = samples(directory) if directory.is_dir() else {}
+            recreated = total(
+                found, "tsobs_internal_errors_total", component="metrics_dir_recreated"
+            )
+            return found if recreated == 1 else {}
+
+        found = wait_for(back, what="the worker's files to be put back")
+        assert total(found, "tsobs_requests_total", outcome="success") == 1
+        assert total(found, "tsobs_workers", model_name=MODEL_NAME) == 1
+        assert total(found, "tsobs_model_info", model_name=MODEL_NAME) == 1
+        assert total(found, "tsobs_model_loads_total", outcome="success") == 1
+    finally:
+        assert worker.stdin is not None
+        worker.stdin.close()
+        worker.wait(timeout=30)
+
+
+def test_gpu_memory_is_read_on_the_interval_without_batches(services, monkeypatch) -> None:
+    """An idle worker's GPU gauges are current: the upkeep thread reads them, not batches."""
+    import dataclasses
+
+    import torch
+
+    import handler_mixins.observability as observability
+    from obs import heartbeat
+    from tests.support.traffic import wait_for
+
+    handler = services[MODEL_NAME]._entry_point.__self__
+    observer: Observer = handler.__dict__["_tsobs_observer"]
+    reads: List[int] = []
+
+    def read(index: int) -> GpuMemory:
+        reads.append(index)
+        return GpuMemory(len(reads), 0, 0, 0, 1)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(observability, "read_cuda_memory", read)
+    monkeypatch.setattr(handler, "device", torch.device("cuda", 0), raising=False)
+    fast = dataclasses.replace(observer._settings, gpu_sample_interval_s=0.05)
+    monkeypatch.setattr(observer, "_settings", fast)
+    monkeypatch.setattr(observer, "gpu_sampler", observer._gpu_sampler(handler))
+    heartbeat.start([observer.sample_gpu], on_error=lambda: None, interval_s=0.05)
+    wait_for(lambda: len(reads) >= 5, what="several readings with no batch at all")
+    monkeypatch.setattr(observer, "gpu_sampler", None)  # stops the thread's reads

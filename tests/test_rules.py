@@ -49,19 +49,26 @@ def test_promtool_check_rules_passes_on_every_generated_rule_file(tmp_path: Path
 
 
 @pytest.mark.prometheus
-def test_promtool_unit_tests_pass(tmp_path: Path) -> None:
-    """alerts.test.yml checks labels against an annotation-free copy; annotations.test.yml the file."""
-    stripped = yaml.safe_load(RULES.read_text())
-    for group in stripped["groups"]:
-        for rule in group["rules"]:
-            rule.pop("annotations", None)
-    (tmp_path / "rules.yml").write_text(yaml.safe_dump(stripped))
-    shutil.copy(TESTS / "alerts.test.yml", tmp_path)
-    for cwd, name in ((tmp_path, "alerts.test.yml"), (TESTS, "annotations.test.yml")):
-        result = subprocess.run(
-            [_promtool(), "test", "rules", name], cwd=cwd, capture_output=True, text=True
-        )
-        assert result.returncode == 0, result.stdout + result.stderr
+def test_shipped_unit_tests_pass_as_a_user_runs_them() -> None:
+    """``promtool test rules alerts/tests/*.yml`` from the root, annotations included."""
+    files = sorted(str(p.relative_to(REPO)) for p in TESTS.glob("*.yml"))
+    assert files, "no promtool unit tests shipped"
+    result = subprocess.run(
+        [_promtool(), "test", "rules", *files], cwd=REPO, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_firing_case_checks_annotations() -> None:
+    cases = yaml.safe_load((TESTS / "alerts.test.yml").read_text())["tests"]
+    for case in cases:
+        for check in case.get("alert_rule_test", []):
+            for alert in check.get("exp_alerts", []):
+                assert set(alert.get("exp_annotations", {})) == {
+                    "summary",
+                    "description",
+                    "runbook_url",
+                }, (case["name"], check["alertname"])
 
 
 def test_every_alert_has_a_firing_and_a_silent_unit_test() -> None:
@@ -165,6 +172,102 @@ def test_queries_respect_torchserve_quirks() -> None:
 def test_committed_rules_use_production_windows() -> None:
     cfg = config.resolve({})
     assert cfg["rate_window"] == "5m"
-    assert [p["factor"] for p in cfg["slo"]["burn_windows"]["fast"]] == [14.4, 6.0]
+    factors = [rules.burn_factor(cfg, p) for p in cfg["slo"]["burn_windows"]["fast"]]
+    assert [round(f, 6) for f in factors] == [14.4, 6.0]
     assert "model:tsobs_requests:server_error_ratio_rate3d" in RULES.read_text()
     assert rules.server_error_ratio("3d") == "model:tsobs_requests:server_error_ratio_rate3d"
+
+
+def _expr(cfg: Dict[str, Any], alert: str) -> str:
+    return next(
+        r["expr"] for g in rules.alert_rules(cfg).values() for r in g if r["alert"] == alert
+    )
+
+
+def test_slo_window_sets_the_burn_limits() -> None:
+    """2% of a 30-day budget in an hour is a 14.4x burn; of a 7-day budget, 3.36x."""
+    month = _expr(config.resolve({}), "TorchServeModelErrorBudgetBurnFast")
+    week = _expr(config.resolve({"slo": {"window": "7d"}}), "TorchServeModelErrorBudgetBurnFast")
+    assert "server_error_ratio_rate1h > 0.072\n" in month  # 14.4 x 0.5% budget
+    assert "server_error_ratio_rate1h > 0.0168\n" in week  # 3.36 x 0.5% budget
+
+
+def test_each_window_reads_raw_requests_once() -> None:
+    """Totals and ratios come from the recorded per-outcome rate, not from raw samples again."""
+    for window in config.all_windows(config.resolve({})):
+        raw = [
+            r
+            for g in _groups()
+            for r in g["rules"]
+            if "record" in r and "tsobs_requests_total{" in r["expr"] and f"[{window}]" in r["expr"]
+        ]
+        expected = {rules.requests_by_outcome_rate(window)}
+        if window == "5m":  # the name-level join series of the rate window
+            expected |= {rules.handled_rate(window), rules.answered_rate(window)}
+        assert {r.get("record") for r in raw} == expected, window
+
+
+@pytest.mark.prometheus
+def test_no_healthy_worker_joins_hosts_by_host_label(tmp_path: Path) -> None:
+    """With ``host_label: pod``, TorchServe and its exporter meet on ``pod``, whatever their
+    addresses: only the pod whose workers are gone alerts."""
+    groups = rules.rule_groups(config.resolve({"host_label": "pod"}))
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": groups}))
+    series = []
+    for pod, ts_ip, exporter_ip, live in (
+        ("a", "10.0.0.1", "10.0.1.1", 2),
+        ("b", "10.0.0.2", "10.0.1.2", 0),
+    ):
+        ts = f'job="torchserve", instance="{ts_ip}:8082", pod="{pod}"'
+        exp = f'job="torchserve-obs", instance="{exporter_ip}:8083", pod="{pod}"'
+        model = 'model_name="m", model_version="1.0"'
+        series += [
+            {"series": f"up{{{exp}}}", "values": "1x30"},
+            {
+                "series": f'ts_inference_requests_total{{{ts}, model_name="m", model_version="default"}}',
+                "values": "0+60x30",
+            },
+            {"series": f"tsobs_worker_starts_total{{{exp}, {model}}}", "values": "2x30"},
+            {"series": f"tsobs_workers{{{exp}, {model}}}", "values": f"{live}x30"},
+        ]
+    test = {
+        "rule_files": ["rules.yml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": series,
+                "alert_rule_test": [
+                    {
+                        "eval_time": "15m",
+                        "alertname": "TorchServeModelNoHealthyWorker",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {
+                                    "severity": "critical",
+                                    "model_name": "m",
+                                    "instance": "10.0.0.2:8082",
+                                    "pod": "b",
+                                    "host": "b",
+                                },
+                                "exp_annotations": {
+                                    "summary": "Requests reach a model but no worker handles them.",
+                                    "description": "TorchServe 10.0.0.2:8082 receives requests "
+                                    "for model m, which the exporter on that host has seen served "
+                                    "by instrumented workers, but none of them is alive now.",
+                                    "runbook_url": rules.runbook_url(
+                                        config.resolve({}), "TorchServeModelNoHealthyWorker"
+                                    ),
+                                },
+                            }
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+    (tmp_path / "test.yml").write_text(yaml.safe_dump(test))
+    result = subprocess.run(
+        [_promtool(), "test", "rules", "test.yml"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -40,8 +40,11 @@ def build_archives(
     batch_size: int = 8,
     max_batch_delay_ms: int = 20,
     torch_version: Optional[str] = None,
+    handlers: Optional[Dict[str, Path]] = None,
+    extra_config: str = "",
 ) -> Dict[str, Path]:
-    """Write ``tiny.mar`` (with the mixin) and ``tiny_plain.mar`` (without) into ``out_dir``."""
+    """Write ``tiny.mar`` (with the mixin) and ``tiny_plain.mar`` (without) into ``out_dir``;
+    or, given ``handlers`` (archive name: handler file), those archives of the same model."""
     import torch
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -50,16 +53,20 @@ def build_archives(
         torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3)
     ).eval()
     declared = torch_version or torch.__version__.split("+")[0]
+    if handlers is None:
+        handlers = {
+            MODEL_NAME: HERE / "tiny_classifier_observed.py",
+            PLAIN_MODEL_NAME: HERE / "tiny_classifier.py",
+        }
     archives = {}
     with tempfile.TemporaryDirectory() as scratch:
         weights = Path(scratch) / "model.pt"
         torch.jit.script(model).save(str(weights))
         config = Path(scratch) / "model-config.yaml"
-        config.write_text(model_config(workers, batch_size, max_batch_delay_ms, declared))
-        for name, handler in (
-            (MODEL_NAME, "tiny_classifier_observed.py"),
-            (PLAIN_MODEL_NAME, "tiny_classifier.py"),
-        ):
+        config.write_text(
+            model_config(workers, batch_size, max_batch_delay_ms, declared) + extra_config
+        )
+        for name, handler in handlers.items():
             subprocess.run(
                 [
                     str(Path(sys.executable).parent / "torch-model-archiver"),
@@ -70,7 +77,7 @@ def build_archives(
                     "--serialized-file",
                     str(weights),
                     "--handler",
-                    str(HERE / handler),
+                    str(handler),
                     "--extra-files",
                     str(HERE / "tiny_classifier.py"),
                     "--config-file",

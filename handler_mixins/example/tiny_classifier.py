@@ -3,10 +3,12 @@
 Bad input gets a 400 for that request alone, so one malformed request never fails the
 batch it shares with good ones. Two inputs exist for tests and demos: ``{"fail": "why"}``
 raises (TorchServe then fails the whole batch with 503) and ``{"sleep": s, "features":
-[...]}`` holds the worker busy for ``s`` seconds.
+[...]}`` holds the worker busy for ``s`` seconds. ``TINY_INITIALIZE_SLEEP_S`` in the
+environment makes loading the model take that long, for tests of workers killed mid-load.
 """
 
 import json
+import os
 import time
 
 import torch
@@ -16,6 +18,10 @@ FEATURES = 4
 
 
 class TinyClassifier(BaseHandler):
+    def initialize(self, context):
+        time.sleep(float(os.environ.get("TINY_INITIALIZE_SLEEP_S") or 0))
+        super().initialize(context)
+
     def preprocess(self, data):
         self.rejected = {}
         rows = []

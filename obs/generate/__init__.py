@@ -15,14 +15,18 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "generate",
         help="write Grafana dashboards and Prometheus alert/recording rules",
-        description="Write Grafana dashboards (JSON and a ConfigMap for the Grafana sidecar) "
-        "and Prometheus rules (a rule file and a PrometheusRule) from one config.",
+        description="Write Grafana dashboards, Prometheus rules and Kubernetes manifests "
+        "(TorchServe with the exporter, PodMonitors, PrometheusRule, dashboard ConfigMap, "
+        "KServe, log collector) from one config.",
     )
     parser.add_argument(
         "--config", type=Path, default=None, help="YAML config (default: built-in defaults)"
     )
     parser.add_argument(
-        "--out", type=Path, required=True, help="directory to write dashboards/ and alerts/ into"
+        "--out",
+        type=Path,
+        required=True,
+        help="directory to write dashboards/, alerts/ and kubernetes/ into",
     )
     parser.set_defaults(func=run)
 

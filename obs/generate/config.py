@@ -14,6 +14,7 @@ import string
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
+from obs import kibana
 from obs.signals import LATENCY_BUCKETS, Stage
 
 SEVERITIES = ("critical", "warning", "info")
@@ -40,7 +41,7 @@ DEFAULTS: Dict[str, Any] = {
     "rate_window": "5m",
     "min_request_rate": 0.1,
     "runbook_url_pattern": (
-        "https://github.com/torchserve-obs/torchserve-obs/blob/main/docs/generator.md#{alert_lower}"
+        "https://github.com/torchserve-obs/torchserve-obs/blob/main/docs/runbooks.md#{alert_lower}"
     ),
     "slo": {
         "window": "30d",
@@ -48,12 +49,12 @@ DEFAULTS: Dict[str, Any] = {
         "latency": {"objective": 0.99, "threshold_seconds": 1.0, "stage": Stage.HANDLE},
         "burn_windows": {
             "fast": [
-                {"long": "1h", "short": "5m", "factor": 14.4},
-                {"long": "6h", "short": "30m", "factor": 6.0},
+                {"long": "1h", "short": "5m", "budget": 0.02},
+                {"long": "6h", "short": "30m", "budget": 0.05},
             ],
             "slow": [
-                {"long": "1d", "short": "2h", "factor": 3.0},
-                {"long": "3d", "short": "6h", "factor": 1.0},
+                {"long": "1d", "short": "2h", "budget": 0.1},
+                {"long": "3d", "short": "6h", "budget": 0.1},
             ],
         },
     },
@@ -64,7 +65,7 @@ DEFAULTS: Dict[str, Any] = {
         "refresh": "30s",
         "time_from": "now-3h",
         "kibana_url": "",
-        "kibana_data_view": "tsobs-logs",
+        "kibana_data_view": kibana.DATA_VIEW,
         "log_fields": "otel",
     },
     "kubernetes": {
@@ -74,6 +75,8 @@ DEFAULTS: Dict[str, Any] = {
         "configmap_name": "torchserve-obs-dashboards",
         "configmap_labels": {"grafana_dashboard": "1"},
         "grafana_folder": "TorchServe",
+        "workload_namespace": "torchserve",
+        "monitor_labels": {"release": "kube-prometheus-stack"},
     },
     "alerts": {},
 }
@@ -160,7 +163,12 @@ def _merge(
             key in default, path, f"unknown key (known: {', '.join(sorted(default))})"
         ):
             continue
-        if path in ("alerts", "kubernetes.prometheusrule_labels", "kubernetes.configmap_labels"):
+        if path in (
+            "alerts",
+            "kubernetes.prometheusrule_labels",
+            "kubernetes.configmap_labels",
+            "kubernetes.monitor_labels",
+        ):
             if problems.require(
                 isinstance(value, Mapping), path, f"must be a mapping, not {value!r}"
             ):
@@ -264,7 +272,7 @@ def _validate(cfg: Dict[str, Any], problems: _Problems) -> None:
         f"must be one of {LOG_FIELDS} (as TSOBS_LOG_FIELDS), not {dash['log_fields']!r}",
     )
     kube = cfg["kubernetes"]
-    for key in ("namespace", "prometheusrule_name", "configmap_name"):
+    for key in ("namespace", "prometheusrule_name", "configmap_name", "workload_namespace"):
         problems.require(
             bool(METRIC_NAME_RE.match(kube[key])),
             f"kubernetes.{key}",
@@ -272,6 +280,7 @@ def _validate(cfg: Dict[str, Any], problems: _Problems) -> None:
         )
     _labels(kube["prometheusrule_labels"], "kubernetes.prometheusrule_labels", problems)
     _labels(kube["configmap_labels"], "kubernetes.configmap_labels", problems)
+    _labels(kube["monitor_labels"], "kubernetes.monitor_labels", problems)
     for name, override in cfg["alerts"].items():
         _alert_override(str(name), override, problems)
 
@@ -323,18 +332,18 @@ def _slo(slo: Dict[str, Any], problems: _Problems) -> None:
         for i, pair in enumerate(pairs):
             item = f"{path}[{i}]"
             if not problems.require(
-                isinstance(pair, Mapping) and sorted(pair) == ["factor", "long", "short"],
+                isinstance(pair, Mapping) and sorted(pair) == ["budget", "long", "short"],
                 item,
-                f"must have exactly the keys long, short and factor, not {pair!r}",
+                f"must have exactly the keys long, short and budget, not {pair!r}",
             ):
                 continue
             _duration(pair["long"], f"{item}.long", problems)
             _duration(pair["short"], f"{item}.short", problems)
-            factor = pair["factor"]
+            budget = pair["budget"]
             problems.require(
-                _is_number(factor) and factor > 0,
-                f"{item}.factor",
-                f"must be a positive number, not {factor!r}",
+                _is_number(budget) and 0 < budget <= 1,
+                f"{item}.budget",
+                f"must be a share of the error budget, above 0 and at most 1, not {budget!r}",
             )
 
 

@@ -7,9 +7,9 @@ user follows them, so the time range and the selected model travel with the clic
 
 from __future__ import annotations
 
-import urllib.parse
 from typing import Any, Dict, Mapping, Optional
 
+from obs import kibana
 from obs.signals import ECS_FIELDS, Field, Label
 
 SERIES_MODEL = f"${{__field.labels.{Label.MODEL}}}"
@@ -48,11 +48,6 @@ def dashboard_url(uid: str, cfg: Mapping[str, Any], model: str, version: str) ->
     return f"/d/{uid}/?{'&'.join(params)}"
 
 
-def _quote(text: str) -> str:
-    """Percent-encode for a URL, keeping Grafana's ``${...}`` templates intact."""
-    return urllib.parse.quote(text, safe="${}.:_-()',=")
-
-
 def kibana_discover_url(cfg: Mapping[str, Any], model: str, version: str = "") -> Optional[str]:
     """Kibana Discover on the model's log lines over the dashboard's time range.
 
@@ -70,8 +65,6 @@ def kibana_discover_url(cfg: Mapping[str, Any], model: str, version: str = "") -
     kql = f'{name(Field.MODEL)}:"{model}"'
     if version:
         kql += f' and {name(Field.VERSION)}:"{version}"'
-    time_range = "(time:(from:'${__from:date:iso}',to:'${__to:date:iso}'))"
-    app = f"(index:'{dash['kibana_data_view']}',query:(language:kuery,query:'{kql}'))"
-    return (
-        f"{dash['kibana_url'].rstrip('/')}/app/discover#/?_g={_quote(time_range)}&_a={_quote(app)}"
+    return kibana.discover_url(
+        dash["kibana_url"], kql, dash["kibana_data_view"], "${__from:date:iso}", "${__to:date:iso}"
     )

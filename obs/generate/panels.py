@@ -160,6 +160,7 @@ class _Panels:
             "requests lost with their worker).",
             action="A drop to zero with traffic still arriving (next panel) means no worker "
             "answers: check Live workers and TorchServe's log.",
+            alert="TorchServeModelAllRequestsFailing",
         )
 
     def traffic(self) -> Tuple[PanelSpec, ...]:
@@ -175,7 +176,7 @@ class _Panels:
                 'Requests without a version in the URL count as version "default".',
                 action="Higher than the handler's answers for long: requests queue or fail "
                 "before a worker; see queue latency and HTTP 5xx.",
-                alert="TorchServeModelNoHealthyWorker",
+                alert="TorchServeModelRequestsUnanswered",
             ),
         )
 
@@ -252,7 +253,7 @@ class _Panels:
             action="The slowest stage is where to look: inference (model, device, batch "
             "size) or pre/postprocess (decoding, CPU). Compare versions after a rollout.",
             steps=above(slo["threshold_seconds"]),
-            alert="TorchServeModelLatencyBudgetBurnFast",
+            alert="TorchServeModelHandlerLatencyBudgetBurnFast",
             width=12,
         )
 
@@ -341,8 +342,8 @@ class _Panels:
                 "Versions serving: live workers",
                 "short",
                 f"sum {q.by(by)} ({q.exp(Metrics.WORKERS)})",
-                description="One bar per model version with live workers (heartbeat in the "
-                "last 45 s): the versions serving now. Red at 0.",
+                description="One bar per model version with live workers (a live process holds "
+                "the worker's ledger): the versions serving now. Red at 0.",
                 action="A version you registered is missing: its workers failed to load "
                 "(see Model loads by outcome); one you unregistered still shows: it is "
                 "still registered.",
@@ -377,7 +378,7 @@ class _Panels:
                 action="A new version slower than the old one: compare its stages on the model "
                 "dashboard before shifting more traffic.",
                 steps=above(slo["threshold_seconds"]),
-                alert="TorchServeModelLatencyBudgetBurnFast",
+                alert="TorchServeModelHandlerLatencyBudgetBurnFast",
             ),
             self.timeseries(
                 "Traffic share by version",
@@ -456,7 +457,7 @@ class _Panels:
             "Live workers",
             "short",
             Query(f"sum {q.by(by)} ({q.exp(Metrics.WORKERS)})", _legend(by)),
-            description="Worker processes whose heartbeat the exporter saw in the last 45 s. "
+            description="Worker processes alive now: the exporter sees each live worker hold its ledger. "
             "Red at 0.",
             action="0 with traffic arriving: the model has no worker; check model loads, "
             "TorchServe's management API (GET /models/<name>) and its log.",
@@ -534,8 +535,8 @@ class _Panels:
         longs = [p["long"] for speed in ("fast", "slow") for p in windows[speed]]
         steps: Steps = (
             (None, "green"),
-            (min(p["factor"] for p in windows["slow"]), "orange"),
-            (min(p["factor"] for p in windows["fast"]), "red"),
+            (min(rules.burn_factor(self.cfg, p) for p in windows["slow"]), "orange"),
+            (min(rules.burn_factor(self.cfg, p) for p in windows["fast"]), "red"),
         )
 
         def burn(title: str, ratio: Any, objective: float, alert: str) -> PanelSpec:
@@ -574,7 +575,7 @@ class _Panels:
                 "Latency budget burn rate",
                 rules.slow_ratio,
                 slo["latency"]["objective"],
-                "TorchServeModelLatencyBudgetBurnFast",
+                "TorchServeModelHandlerLatencyBudgetBurnFast",
             ),
         )
 

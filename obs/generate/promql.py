@@ -24,8 +24,22 @@ DEFAULT_VERSION = "default"
 version (``/predictions/m``): the handler's metrics carry the real version instead, so
 dashboard filters keep ``default`` beside the chosen versions, and alerts join on the name."""
 
+EVENT_MEMORY = "1d"
+"""How far back :meth:`Queries.new_events` looks for a counter's value before a gap: an
+exporter outage longer than this makes its rare-event counters read as new once."""
+
+HOST = "host"
+"""Label :meth:`Queries.host` adds; the exporter must run on the same host as TorchServe."""
+
 RECORD_PREFIX = "model"
 """Aggregation level of recorded per-model series (``model:<metric>:<operation>``)."""
+
+NAME_PREFIX = "model_name"
+"""Level of series recorded per model name only, where TorchServe's ``ts_*`` counters
+(``model_version="default"``) meet the handler's versioned ones."""
+
+OUTCOME_PREFIX = "model_outcome"
+"""Level of per-model series that keep the ``outcome`` label."""
 
 
 def num(value: float) -> str:
@@ -52,6 +66,10 @@ class Queries:
         self.instance_by = self.cluster + ("instance",)
         self.host_label = cfg["host_label"]
         self.host_by = self.cluster + (self.host_label,)
+        self.host_extra: Tuple[str, ...] = (
+            () if self.host_label == "instance" else (self.host_label,)
+        )
+        """What aggregations must keep, besides ``instance``, for :meth:`host` to work."""
         """Dashboards group per host by the config's ``host_label`` (see :meth:`host_matcher`)."""
         self.rate_window = "$__rate_interval" if dashboard else cfg["rate_window"]
 
@@ -110,13 +128,31 @@ class Queries:
         matching = f" on ({', '.join(on)})" if on else ""
         return f"(\n  {expr}\n  or{matching}\n  0 * {like}\n)"
 
-    def window_increase(self, selector: str, window: str) -> str:
-        """Exact increase over ``window``, counting a series born inside it from zero.
+    def new_events(self, selector: str, window: str) -> str:
+        """Events a counter recorded in the last ``window``, robust to gaps and resets.
 
-        ``increase()`` misses the first value of a counter that appears already incremented,
-        as a rare event's counter does (no sample until the first event).
+        The baseline is the counter's last value before the window, looked up as far back as
+        :data:`EVENT_MEMORY`, so a scrape gap shorter than that is not read as a new series
+        (``x offset W`` alone would replay the lifetime total after an outage). Above the
+        baseline: the difference. Below it: the counter was reset, everything it holds is
+        new. No baseline: a series born inside the window, counted from zero. A reset that
+        brings the counter back to its old value is seen by ``increase`` over the window.
         """
-        return f"({selector} - ({selector} offset {window} or 0 * {selector}))"
+        base = f"last_over_time({selector}[{EVENT_MEMORY}] offset {window})"
+        return (
+            f"(\n  ({selector} - {base}) > 0\n  or\n  {selector} < {base}\n"
+            f"  or\n  ({selector} unless {base})\n  or\n  increase({selector}[{window}])\n)"
+        )
+
+    def host(self, expr: str) -> str:
+        """``expr`` with a ``host`` label, to join TorchServe (port 8082) with the exporter
+        beside it (8083): the host part of ``instance``, or the config's ``host_label``.
+
+        ``expr`` must keep ``instance`` and :attr:`host_extra` in its aggregations.
+        """
+        if self.host_label == "instance":
+            return f'label_replace({expr}, "{HOST}", "$1", "instance", "(.+?)(?::[0-9]+)?")'
+        return f'label_replace({expr}, "{HOST}", "$1", "{self.host_label}", "(.*)")'
 
     def http_responses(self, labels: Sequence[str], window: str = "") -> str:
         """Rate of TorchServe's HTTP responses with a ``code`` label per status class.
@@ -180,6 +216,6 @@ class Queries:
         return f"{total}\n/\n{count}"
 
 
-def record_name(spec_name: str, operation: str, window: str) -> str:
-    """Recording-rule name ``model:<metric>:<operation><window>`` (Prometheus convention)."""
-    return f"{RECORD_PREFIX}:{spec_name}:{operation}{window}"
+def record_name(spec_name: str, operation: str, window: str, level: str = RECORD_PREFIX) -> str:
+    """Recording-rule name ``<level>:<metric>:<operation><window>`` (Prometheus convention)."""
+    return f"{level}:{spec_name}:{operation}{window}"

@@ -8,11 +8,19 @@ names from :mod:`obs.signals` and :mod:`obs.generate.torchserve`.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from obs.generate import torchserve as ts
-from obs.generate.config import ConfigError, all_windows
-from obs.generate.promql import TORCHSERVE, Queries, num, record_name
+from obs.generate.config import ConfigError, all_windows, durations_seconds
+from obs.generate.promql import (
+    HOST,
+    NAME_PREFIX,
+    OUTCOME_PREFIX,
+    TORCHSERVE,
+    Queries,
+    num,
+    record_name,
+)
 from obs.signals import Label, Metrics, Outcome
 
 GROUP_RECORDING = "torchserve-obs.rules"
@@ -27,13 +35,23 @@ HTTP_RECORD = "torchserve_http_responses"
 RARE_EVENT_WINDOW = "15m"
 """Window over which rare events (load failures, log drops) are counted."""
 
-CRASH_WINDOW = "5m"
-"""Window over which worker starts are counted; the dashboards' worker-starts panel uses it."""
+CRASH_WINDOW = "1h"
+"""Window over which worker restarts are counted (a crash every 6 minutes is ten of them);
+the dashboards' worker-starts panel uses it."""
 
 LOAD_WINDOW = "1h"
 GPU_IDLE_WINDOW = "30m"
 HOST_SMOOTHING = "10m"
 """TorchServe's host gauges are sampled once a minute and jump: alert on their average."""
+
+FAILING_WINDOW = "1h"
+"""A model whose every request failed over this long, at any traffic, is down."""
+
+ABSENT_FOR = "15m"
+"""How long a scrape job may be missing from discovery before its absence alerts."""
+
+QUEUE_WAIT = "ts_queue_latency"
+"""Base of the recorded queue wait of answered requests (``model_name:<this>:mean_seconds5m``)."""
 
 
 def _base(name: str) -> str:
@@ -45,6 +63,10 @@ def requests_rate(window: str) -> str:
     return record_name(_base(Metrics.REQUESTS.name), "rate", window)
 
 
+def requests_by_outcome_rate(window: str) -> str:
+    return record_name(_base(Metrics.REQUESTS.name), "rate", window, OUTCOME_PREFIX)
+
+
 def server_error_ratio(window: str) -> str:
     return record_name(_base(Metrics.REQUESTS.name), "server_error_ratio_rate", window)
 
@@ -53,8 +75,33 @@ def slow_ratio(window: str) -> str:
     return record_name(Metrics.STAGE_DURATION.name, "slow_ratio_rate", window)
 
 
-def queue_latency_mean(window: str) -> str:
-    return record_name(ts.QUEUE_LATENCY_US, "mean_seconds", window)
+def received_rate(window: str) -> str:
+    """Requests TorchServe received per model name, rejected and lost ones included."""
+    return record_name(_base(ts.INFERENCE_REQUESTS), "rate", window, NAME_PREFIX)
+
+
+def handled_rate(window: str) -> str:
+    """Requests that reached a handler, per model name (every version)."""
+    return record_name(_base(Metrics.REQUESTS.name), "rate", window, NAME_PREFIX)
+
+
+def answered_rate(window: str) -> str:
+    """Requests the handler answered without a server error, per model name."""
+    return record_name(_base(Metrics.REQUESTS.name), "answered_rate", window, NAME_PREFIX)
+
+
+def unanswered_ratio(window: str) -> str:
+    """Share of received requests no handler answered: rejected (503), timed out, lost."""
+    return record_name(_base(ts.INFERENCE_REQUESTS), "unanswered_ratio_rate", window, NAME_PREFIX)
+
+
+def queue_wait_mean(window: str) -> str:
+    """Mean queue wait of the requests TorchServe answered, per model name."""
+    return record_name(QUEUE_WAIT, "mean_seconds", window, NAME_PREFIX)
+
+
+SERVED_VERSIONS = record_name(Metrics.MODEL_INFO.name, "max", "")
+"""1 per model name and version a handler serves: joins name-level series to versions."""
 
 
 def http_rate(window: str) -> str:
@@ -65,25 +112,91 @@ def http_5xx_ratio(window: str) -> str:
     return f"instance:{HTTP_RECORD}:5xx_ratio_rate{window}"
 
 
+def runbook_url(cfg: Mapping[str, Any], alert: str) -> str:
+    """The runbook section of ``alert`` (docs/runbooks.md by default): alerts and dashboards
+    link the same place."""
+    return str(cfg["runbook_url_pattern"]).format(alert=alert, alert_lower=alert.lower())
+
+
+def _torchserve_join(cfg: Mapping[str, Any]) -> List[Dict[str, str]]:
+    """Per-model-name series where TorchServe's counters meet the handler's.
+
+    TorchServe labels requests to ``/predictions/NAME`` ``model_version="default"``, so its
+    ``ts_*`` series join ours on ``model_name`` only; :data:`SERVED_VERSIONS` names the
+    versions behind a name.
+    """
+    q = Queries(cfg)
+    rw = cfg["rate_window"]
+    by = q.model_name_by
+    on = f"on ({', '.join(by)})"
+    lost = q.sum_rate(q.exp(Metrics.REQUESTS_LOST), by, rw)
+    not_error = f'{Label.OUTCOME}!="{Outcome.SERVER_ERROR}"'
+    return [
+        {
+            "record": received_rate(rw),
+            "expr": q.sum_rate(q.sel(ts.INFERENCE_REQUESTS, TORCHSERVE), by, rw),
+        },
+        {"record": handled_rate(rw), "expr": q.sum_rate(q.exp(Metrics.REQUESTS), by, rw)},
+        {
+            "record": answered_rate(rw),
+            "expr": q.sum_rate(q.exp(Metrics.REQUESTS, extra=not_error), by, rw),
+        },
+        {
+            # Handled minus lost: requests lost with a worker reached it but got no answer.
+            "record": unanswered_ratio(rw),
+            "expr": (
+                f"clamp_min(\n  {received_rate(rw)}\n  - {on}\n  ({handled_rate(rw)} - {on} "
+                f"{q.or_zero(lost, handled_rate(rw))}),\n  0\n)\n/ {on}\n{received_rate(rw)}"
+            ),
+        },
+        {
+            # TorchServe adds queue time only for answered requests: divide by those, not by
+            # everything received, or the mean reads low exactly when it sheds load.
+            "record": queue_wait_mean(rw),
+            "expr": (
+                f"{q.sum_rate(q.sel(ts.QUEUE_LATENCY_US, TORCHSERVE), by, rw)}\n/ {on}\n"
+                f"({answered_rate(rw)} > 0 or {on} {received_rate(rw)})\n/ 1e6"
+            ),
+        },
+        {
+            "record": SERVED_VERSIONS,
+            "expr": f"max {q.by(q.model_by)} ({q.exp(Metrics.MODEL_INFO)})",
+        },
+    ]
+
+
 def recording_rules(cfg: Mapping[str, Any]) -> Dict[str, List[Dict[str, str]]]:
-    """Recording rules by group: what alerts and dashboards share."""
+    """Recording rules by group: what alerts and dashboards share.
+
+    Each window's request rate is computed once, by outcome; totals and ratios are sums of
+    that recorded series, so a 3-day rate is read from raw samples once per evaluation.
+    """
     q = Queries(cfg)
     latency = cfg["slo"]["latency"]
     rw = cfg["rate_window"]
     service = [
         {"record": http_rate(rw), "expr": q.http_responses(q.instance_by, rw)},
         {"record": http_5xx_ratio(rw), "expr": q.http_5xx_ratio(q.instance_by, rw)},
-        {
-            "record": queue_latency_mean(rw),
-            "expr": q.mean_ts_latency(ts.QUEUE_LATENCY_US, q.model_by, rw),
-        },
+        *_torchserve_join(cfg),
     ]
     slo: List[Dict[str, str]] = []
+    errors = f'{Label.OUTCOME}="{Outcome.SERVER_ERROR}"'
     for w in all_windows(cfg):
+        by_outcome = requests_by_outcome_rate(w)
         slo.append(
-            {"record": requests_rate(w), "expr": q.sum_rate(q.exp(Metrics.REQUESTS), q.model_by, w)}
+            {
+                "record": by_outcome,
+                "expr": q.sum_rate(q.exp(Metrics.REQUESTS), q.model_by + (Label.OUTCOME,), w),
+            }
         )
-        slo.append({"record": server_error_ratio(w), "expr": q.server_error_ratio(q.model_by, w)})
+        slo.append({"record": requests_rate(w), "expr": f"sum {q.by(q.model_by)} ({by_outcome})"})
+        failed = f"sum {q.by(q.model_by)} ({by_outcome}{{{errors}}})"
+        slo.append(
+            {
+                "record": server_error_ratio(w),
+                "expr": f"{q.or_zero(failed, requests_rate(w))}\n/\n{requests_rate(w)}",
+            }
+        )
         slo.append(
             {
                 "record": slow_ratio(w),
@@ -109,12 +222,22 @@ class AlertSpec:
     """Set only when the alert has its own runbook; otherwise the config's pattern applies."""
 
 
+def burn_factor(cfg: Mapping[str, Any], pair: Mapping[str, Any]) -> float:
+    """Burn rate at which ``pair['budget']`` of the SLO window's error budget goes in ``long``.
+
+    The SRE workbook's 14.4 is 2% of a 30-day budget in one hour: a 7-day SLO window gives
+    3.36 for the same share, so ``slo.window`` changes what fires, not only the wording.
+    """
+    window = durations_seconds(cfg["slo"]["window"])
+    return float(pair["budget"]) * window / durations_seconds(pair["long"])
+
+
 def _burn(cfg: Mapping[str, Any], ratio: Callable[[str], str], objective: float, speed: str) -> str:
     """Multi-window multi-burn-rate condition (SRE workbook), guarded by minimum traffic."""
     budget = 1.0 - objective
     pairs = []
     for pair in cfg["slo"]["burn_windows"][speed]:
-        limit = num(pair["factor"] * budget)
+        limit = num(burn_factor(cfg, pair) * budget)
         pairs.append(
             f"(\n  {ratio(pair['long'])} > {limit}\n  and\n  {ratio(pair['short'])} > {limit}\n"
             f"  and\n  {requests_rate(pair['long'])} >= {num(cfg['min_request_rate'])}\n)"
@@ -134,36 +257,58 @@ def builtin_alerts(cfg: Mapping[str, Any]) -> List[AlertSpec]:
     model = "model {{ $labels.model_name }} version {{ $labels.model_version }}"
     inference = q.sel(ts.INFERENCE_REQUESTS, TORCHSERVE)
     model_instance = q.model_by + ("instance",)
+    host_model = q.cluster + (HOST, Label.MODEL)
+    failed = q.exp(Metrics.REQUESTS, extra=f'{Label.OUTCOME}="{Outcome.SERVER_ERROR}"')
+    answered = q.exp(Metrics.REQUESTS, extra=f'{Label.OUTCOME}!="{Outcome.SERVER_ERROR}"')
 
     def burn(kind: str, speed: str) -> AlertSpec:
         fast = speed == "fast"
         if kind == "availability":
-            ratio, objective, what = (
+            ratio, objective, noun, what = (
                 server_error_ratio,
                 slo["availability"],
-                (f"requests answered without a server error ({availability} objective)"),
+                "Error",
+                f"requests answered without a server error ({availability} objective)",
             )
         else:
-            ratio, objective, what = (
+            ratio, objective, noun, what = (
                 slow_ratio,
                 slo["latency"]["objective"],
+                "HandlerLatency",
                 (
                     f"{slo['latency']['stage']} batches faster than {latency_bound} "
-                    f"({latency_objective} objective)"
+                    f"({latency_objective} objective; time in TorchServe's queue is not in it)"
                 ),
             )
-        noun = "Error" if kind == "availability" else "Latency"
         return AlertSpec(
             name=f"TorchServeModel{noun}BudgetBurn{'Fast' if fast else 'Slow'}",
             group=GROUP_SERVICE,
             severity="critical" if fast else "warning",
             for_="2m" if fast else "1h",
-            summary=f"A model is burning its {kind} error budget {'fast' if fast else 'steadily'}.",
+            summary=(
+                f"A model is burning its {'handler latency' if noun != 'Error' else kind} "
+                f"error budget {'fast' if fast else 'steadily'}."
+            ),
             description=(
                 f"M{model[1:]} is spending its {slo['window']} error budget for {what} "
                 "too fast: {{ $value | humanizePercentage }} of them failed over the long window."
             ),
             expr=lambda _t: _burn(cfg, ratio, objective, speed),
+        )
+
+    def absent(job: str, selector: str, severity: str) -> AlertSpec:
+        return AlertSpec(
+            name=f"{job}Missing",
+            group=GROUP_SERVICE,
+            severity=severity,
+            for_=ABSENT_FOR,
+            summary=f"Prometheus has no {'TorchServe' if 'Obs' not in job else 'exporter'} target.",
+            description=(
+                "Prometheus has discovered no target of job {{ $labels.job }} for "
+                f"{ABSENT_FOR}: the deployment was deleted, or service discovery or "
+                "relabelling no longer finds it."
+            ),
+            expr=lambda _t: f"absent(up{{{selector}}})",
         )
 
     return [
@@ -179,6 +324,7 @@ def builtin_alerts(cfg: Mapping[str, Any]) -> List[AlertSpec]:
             ),
             expr=lambda _t: f"up{{{cfg['torchserve_selector']}}} == 0",
         ),
+        absent("TorchServeTarget", cfg["torchserve_selector"], "critical"),
         AlertSpec(
             name="TorchServeObsExporterDown",
             group=GROUP_SERVICE,
@@ -191,6 +337,7 @@ def builtin_alerts(cfg: Mapping[str, Any]) -> List[AlertSpec]:
             ),
             expr=lambda _t: f"up{{{cfg['exporter_selector']}}} == 0",
         ),
+        absent("TorchServeObsExporter", cfg["exporter_selector"], "warning"),
         AlertSpec(
             name="TorchServeModelErrorRatioHigh",
             group=GROUP_SERVICE,
@@ -204,6 +351,24 @@ def builtin_alerts(cfg: Mapping[str, Any]) -> List[AlertSpec]:
             ),
             expr=lambda t: (
                 f"{server_error_ratio(rw)} > {num(t or 0)}\nand\n{requests_rate(rw)} >= {min_rate}"
+            ),
+        ),
+        AlertSpec(
+            name="TorchServeModelAllRequestsFailing",
+            group=GROUP_SERVICE,
+            severity="critical",
+            for_="5m",
+            threshold=3.0,
+            summary="Every request to a model fails.",
+            description=(
+                "{{ $value | humanize }} requests to " + model + " failed with a server error "
+                f"in the last {FAILING_WINDOW} and none succeeded: the model is down, at "
+                "whatever traffic it gets."
+            ),
+            expr=lambda t: (
+                f"sum {q.by(q.model_by)} (increase({failed}[{FAILING_WINDOW}])) >= {num(t or 0)}\n"
+                f"unless on ({', '.join(q.model_by)})\n"
+                f"sum {q.by(q.model_by)} (increase({answered}[{FAILING_WINDOW}])) > 0"
             ),
         ),
         AlertSpec(
@@ -223,6 +388,26 @@ def builtin_alerts(cfg: Mapping[str, Any]) -> List[AlertSpec]:
                 f"{q.sum_rate(inference, q.instance_by, rw)} >= {min_rate}"
             ),
         ),
+        AlertSpec(
+            name="TorchServeModelRequestsUnanswered",
+            group=GROUP_SERVICE,
+            severity="critical",
+            for_="5m",
+            threshold=0.1,
+            summary="TorchServe rejects or loses many requests to a model.",
+            description=(
+                "{{ $value | humanizePercentage }} of the requests TorchServe received for model "
+                "{{ $labels.model_name }} over the last " + rw + " got no answer from a handler: "
+                "rejected with 503 (queue full, no worker), timed out, or lost with a worker."
+            ),
+            # After an exporter gap the handler's rate sees only the samples since, TorchServe's
+            # the whole window: compare them only over windows every exporter was scraped in.
+            expr=lambda t: (
+                f"{unanswered_ratio(rw)} > {num(t or 0)}\nand\n{received_rate(rw)} >= {min_rate}"
+                f"\nunless on ({', '.join(q.cluster)})\n"
+                f"min_over_time(up{{{cfg['exporter_selector']}}}[{rw}]) == 0"
+            ),
+        ),
         burn("availability", "fast"),
         burn("availability", "slow"),
         burn("latency", "fast"),
@@ -235,27 +420,25 @@ def builtin_alerts(cfg: Mapping[str, Any]) -> List[AlertSpec]:
             threshold=1.0,
             summary="Requests wait too long in TorchServe's queue for a worker.",
             description=(
-                "Requests to " + model + " waited {{ $value | humanizeDuration }} on average "
-                f"in the queue over the last {rw}: the model needs more workers or larger batches."
+                "Requests to model {{ $labels.model_name }} that were answered had waited "
+                "{{ $value | humanizeDuration }} on average in the queue over the last "
+                f"{rw}: the model needs more workers or larger batches."
             ),
-            expr=lambda t: f"{queue_latency_mean(rw)} > {num(t or 0)}",
+            expr=lambda t: f"{queue_wait_mean(rw)} > {num(t or 0)}",
         ),
         AlertSpec(
             name="TorchServeWorkerCrashLooping",
             group=GROUP_WORKERS,
             severity="warning",
-            for_="15m",
-            threshold=1.0,
+            for_="10m",
+            threshold=3.0,
             summary="Worker processes of a model keep restarting.",
             description=(
-                "{{ $value | humanize }} worker processes of " + model + " started on "
-                "{{ $labels.instance }} in the last 5 minutes, for 15 minutes on end: workers "
-                "are crashing (out of memory, segfault) and TorchServe restarts them."
+                "Workers of " + model + " on {{ $labels.instance }} restarted "
+                '{{ printf "%.0f" $value }} times in the last ' + CRASH_WINDOW + ": they crash "
+                "(out of memory, segfault, killed while loading) and TorchServe restarts them."
             ),
-            expr=lambda t: (
-                f"sum {q.by(model_instance)} "
-                f"(increase({q.exp(Metrics.WORKER_STARTS)}[{CRASH_WINDOW}])) > {num(t or 0)}"
-            ),
+            expr=lambda t: _restarts(q, model_instance + q.host_extra) + f"\n>= {num(t or 0)}",
         ),
         AlertSpec(
             name="TorchServeModelNoHealthyWorker",
@@ -264,13 +447,27 @@ def builtin_alerts(cfg: Mapping[str, Any]) -> List[AlertSpec]:
             for_="5m",
             summary="Requests reach a model but no worker handles them.",
             description=(
-                "TorchServe receives requests for model {{ $labels.model_name }} but its "
-                "handler has processed none for 5 minutes: no worker is up, or all are stuck."
+                "TorchServe {{ $labels.instance }} receives requests for model "
+                "{{ $labels.model_name }}, which the exporter on that host has seen served by "
+                "instrumented workers, but none of them is alive now."
             ),
+            # On one host: received, instrumented (the exporter up and the model's counters
+            # on it), and no live worker. A model served without the mixin has no counters; an
+            # exporter down has no series at all: neither fires.
             expr=lambda _t: (
-                f"{q.sum_rate(inference, q.model_name_by, rw)} > 0\n"
-                f"unless on ({', '.join(q.model_name_by)})\n"
-                f"{q.sum_rate(q.exp(Metrics.REQUESTS), q.model_name_by, rw)} > 0"
+                q.host(
+                    f"sum {q.by(q.instance_by + q.host_extra + (Label.MODEL,))} ({q.rate(inference, rw)})"
+                )
+                + f" > 0\nand on ({', '.join(host_model)})\n"
+                + q.host(
+                    f"group {q.by(q.instance_by + q.host_extra + (Label.MODEL,))} ({q.exp(Metrics.WORKER_STARTS)})"
+                )
+                + f"\nand on ({', '.join(q.cluster + (HOST,))})\n"
+                + q.host(f"up{{{cfg['exporter_selector']}}} == 1")
+                + f"\nunless on ({', '.join(host_model)})\n"
+                + q.host(
+                    f"sum {q.by(q.instance_by + q.host_extra + (Label.MODEL,))} ({q.exp(Metrics.WORKERS)}) > 0"
+                )
             ),
         ),
         AlertSpec(
@@ -284,12 +481,12 @@ def builtin_alerts(cfg: Mapping[str, Any]) -> List[AlertSpec]:
                 f"in the last {RARE_EVENT_WINDOW}: the handler's initialize() raised."
             ),
             expr=lambda t: (
-                f"sum {q.by(model_instance)} ("
-                + q.window_increase(
+                f"sum {q.by(model_instance)} "
+                + q.new_events(
                     q.exp(Metrics.MODEL_LOADS, extra=f'{Label.OUTCOME}="{Outcome.SERVER_ERROR}"'),
                     RARE_EVENT_WINDOW,
                 )
-                + f") > {num(t or 0)}"
+                + f"\n> {num(t or 0)}"
             ),
         ),
         AlertSpec(
@@ -306,11 +503,11 @@ def builtin_alerts(cfg: Mapping[str, Any]) -> List[AlertSpec]:
                 "or scale-up."
             ),
             expr=lambda t: (
-                f"sum {q.by(model_instance)} ("
-                + q.window_increase(q.exp(Metrics.MODEL_LOAD_DURATION, "sum"), LOAD_WINDOW)
-                + f")\n/\nsum {q.by(model_instance)} ("
-                + q.window_increase(q.exp(Metrics.MODEL_LOAD_DURATION, "count"), LOAD_WINDOW)
-                + f")\n> {num(t or 0)}"
+                f"sum {q.by(model_instance)} "
+                + q.new_events(q.exp(Metrics.MODEL_LOAD_DURATION, "sum"), LOAD_WINDOW)
+                + f"\n/\nsum {q.by(model_instance)} "
+                + q.new_events(q.exp(Metrics.MODEL_LOAD_DURATION, "count"), LOAD_WINDOW)
+                + f"\n> {num(t or 0)}"
             ),
         ),
         AlertSpec(
@@ -399,11 +596,11 @@ def builtin_alerts(cfg: Mapping[str, Any]) -> List[AlertSpec]:
                 "Fluentd is slow or unreachable."
             ),
             expr=lambda t: (
-                f"sum {q.by(q.instance_by + (Label.REASON,))} ("
-                + q.window_increase(
+                f"sum {q.by(q.instance_by + (Label.REASON,))} "
+                + q.new_events(
                     q.exp(Metrics.LOG_RECORDS_DROPPED, per_model=False), RARE_EVENT_WINDOW
                 )
-                + f") > {num(t or 0)}"
+                + f"\n> {num(t or 0)}"
             ),
         ),
         AlertSpec(
@@ -421,6 +618,32 @@ def builtin_alerts(cfg: Mapping[str, Any]) -> List[AlertSpec]:
             ),
         ),
     ]
+
+
+def _restarts(q: Queries, labels: Tuple[str, ...]) -> str:
+    """Worker restarts over :data:`CRASH_WINDOW`: starts that did not add a live worker.
+
+    Starts also count scale-ups and TorchServe restarts. A scale-up raises the live-worker
+    count (read as 0 while absent) from its low point in the window; a TorchServe restart
+    resets its own ``Requests2XX`` counter (Prometheus scrapes it, so it always moves) and
+    starts each worker once, so it accounts for up to the peak worker count.
+    """
+    on = f"on ({', '.join(labels)})"
+    counter = q.exp(Metrics.WORKER_STARTS)
+    starts = f"sum {q.by(labels)} (increase({counter}[{CRASH_WINDOW}]))"
+    zero = f"0 * sum {q.by(labels)} ({counter})"
+    workers = f"(sum {q.by(labels)} ({q.exp(Metrics.WORKERS)}) or {zero})"
+    rise = f"{workers} - min_over_time({workers}[{CRASH_WINDOW}:1m])"
+    frontend = q.sel(ts.REQUESTS_BY_CLASS["2xx"], TORCHSERVE, per_model=False)
+    restarted = q.host(
+        f"max {q.by(q.instance_by + q.host_extra)} (resets({frontend}[{CRASH_WINDOW}]))"
+    )
+    host_on = f"on ({', '.join(q.cluster + (HOST,))})"
+    fresh = (
+        f"{q.host(f'max_over_time({workers}[{CRASH_WINDOW}:1m])')}\n"
+        f"  * {host_on} group_left ()\n  {restarted}"
+    )
+    return f"{starts}\n- {on}\n({rise})\n- {on}\n(\n  {fresh}\n  or {on}\n  {zero}\n)"
 
 
 def _apply(spec: AlertSpec, override: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
