@@ -306,11 +306,7 @@ class Observer:
         for outcome in outcomes:
             counts[_OUTCOME_INDEX[outcome]] += 1
         metrics = self.metrics
-        for stage, seconds in batch.stage_seconds.items():
-            metrics.stage_seconds[stage].observe(seconds)
-        if batch.size:
-            metrics.batch_size.observe(batch.size)
-            metrics.batch_fill.observe(batch.size / self.max_batch_size)
+        metrics.observe_batch(batch.stage_seconds, batch.size, batch.size / self.max_batch_size)
         if error is not None:
             stage = batch.failed_stage or Stage.HANDLE
             metrics.count_error(stage, exception_label(error))
