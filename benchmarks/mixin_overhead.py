@@ -1,200 +1,252 @@
-"""Cost of the mixin: microseconds per request in-process, and throughput through TorchServe.
+"""What the mixin costs per request: in-process, inside a real worker, and in throughput.
 
-In-process, the example handler runs with and without the mixin through TorchServe's own
-Python backend (``ts.service.Service.predict``), with multi-process metrics files and JSON
-lines written to a file, as in production; calls alternate so both see the same machine.
-End to end, each variant runs in a TorchServe of its own and they are driven in rotating
-rounds: the plain handler, the mixin with its JSON lines on stdout (the default: TorchServe's
-frontend re-logs every line), and the mixin writing them to a file (``TSOBS_LOG_FILE``).
-Prints one JSON object.
+* In-process: the example handler runs through TorchServe's own Python backend
+  (``ts.service.Service.predict``) with the mixin, without it (twice: the A/A control), and
+  with TorchServe's own custom-metrics API instead (the anchor), calls alternating, with
+  multi-process metrics files, JSON lines written to a file and TorchServe's ``[METRICS]``
+  lines logged as a worker logs them.
+* In a real worker and at saturation: see ``saturation.py`` (one TorchServe, wrk, TorchServe's
+  own timers).
 
-    python benchmarks/mixin_overhead.py [--quick]
+Every figure is min / median / max over rounds, printed beside its A/A control (plain
+against plain: the noise floor), and compared with its target. Prints one JSON object.
+
+    python benchmarks/mixin_overhead.py [--quick | --tiny] [--in-process-only]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
+import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-TARGETS_US = {1: 20.0, 32: 5.0}
-TARGET_RATIO = 0.98
+import saturation  # noqa: E402 (beside this file; the repository root goes on sys.path first)
+from saturation import PHASES, STDOUT, TO_FILE, spread  # noqa: E402
+
+MIXIN, PLAIN_A, PLAIN_B, ANCHOR = "mixin", "plain_a", "plain_b", "ts_metrics_api"
+LABELS = {MIXIN: "mixin", PLAIN_B: "aa_control", ANCHOR: "ts_metrics_api"}
+"""How each variant compared with ``plain_a`` is named in the report."""
+BATCH_SIZES = (1, 8, 32)
+HEADERS = {
+    "X-Request-ID": "bench-client-request-0001",
+    "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+}
 
 
-def in_process(batch_sizes: List[int], calls: int, scratch: Path) -> Dict[str, Dict[str, float]]:
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(scratch / "metrics")
+def in_process(rounds: int, calls: int, scratch: Path) -> Dict[str, Any]:
+    """The example handler: the mixin, the A/A control and TorchServe's metrics API."""
     from handler_mixins.example.build import MODEL_NAME, PLAIN_MODEL_NAME, build_archives
-    from handler_mixins.testing import load_model, predict, unpack_archive, wire_request
 
     store = scratch / "store"
-    build_archives(store, batch_size=max(batch_sizes))
+    build_archives(store, batch_size=max(BATCH_SIZES))
+    plain = store / f"{PLAIN_MODEL_NAME}.mar"
+    archives = {
+        MIXIN: store / f"{MODEL_NAME}.mar",
+        PLAIN_A: plain,
+        PLAIN_B: plain,
+        ANCHOR: saturation.variant_archive(
+            plain, saturation.HERE / "handlers" / "tiny_ts_metrics.py", store / "anchor.mar"
+        ),
+    }
+    return compare_in_process(archives, BATCH_SIZES, rounds, calls, scratch)
+
+
+def compare_in_process(
+    archives: Dict[str, Path], batch_sizes: Sequence[int], rounds: int, calls: int, scratch: Path
+) -> Dict[str, Any]:
+    """Per batch size, µs per request each variant adds to ``plain_a``, round by round.
+
+    Each archive is loaded with TorchServe's loader and driven through
+    ``ts.service.Service.predict``, with multi-process metrics files, the mixin's JSON lines
+    written to a file, and TorchServe's ``[METRICS]`` lines logged as a worker logs them.
+    """
+    scratch.mkdir(parents=True, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(scratch / "metrics")
+    from handler_mixins.testing import load_model, predict, unpack_archive, wire_request
+
     real_stdout = sys.stdout
-    results = {}
+    results: Dict[str, Any] = {}
     with open(scratch / "log.jsonl", "w") as log_file:
         sys.stdout = log_file  # the mixin's JSON lines are written and flushed here
+        # As ts/model_service_worker.py: TorchServe's [METRICS] lines go out through the root logger.
+        logging.basicConfig(stream=log_file, format="%(message)s", level=logging.INFO, force=True)
         try:
             services = {
-                name: load_model(
-                    unpack_archive(store / f"{name}.mar", scratch / name), name, max(batch_sizes)
-                )
-                for name in (MODEL_NAME, PLAIN_MODEL_NAME)
+                name: load_model(unpack_archive(archive, scratch / name), name, max(batch_sizes))
+                for name, archive in archives.items()
             }
             for size in batch_sizes:
                 requests = [
-                    wire_request(
-                        f"r{i}",
-                        b"[0.1, 0.2, 0.3, 0.4]",
-                        {
-                            "X-Request-ID": f"c{i}",
-                            "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-                        },
-                    )
-                    for i in range(size)
+                    wire_request(f"r{i}", b"[0.1, 0.2, 0.3, 0.4]", HEADERS) for i in range(size)
                 ]
-                times: Dict[str, List[float]] = {MODEL_NAME: [], PLAIN_MODEL_NAME: []}
-                for _ in range(50):  # warm up both
-                    for name in times:
-                        predict(services[name], requests)
-                for _ in range(calls):
-                    for name in times:
-                        started = time.perf_counter()
-                        predict(services[name], requests)
-                        times[name].append(time.perf_counter() - started)
-                observed = statistics.median(times[MODEL_NAME])
-                plain = statistics.median(times[PLAIN_MODEL_NAME])
-                results[str(size)] = {
-                    "plain_us_per_batch": round(plain * 1e6, 1),
-                    "mixin_us_per_batch": round(observed * 1e6, 1),
-                    "mixin_cost_us_per_request": round((observed - plain) * 1e6 / size, 2),
+                for _ in range(20):  # warm up every variant
+                    for service in services.values():
+                        predict(service, requests)
+                per_round = timed_rounds(services, requests, rounds, calls)
+                results[f"batch_{size}"] = {
+                    "plain_us_per_batch": spread(per_round[PLAIN_A], 1),
+                    "added_us_per_request": {
+                        LABELS[name]: added(per_round, name, size)
+                        for name in archives
+                        if name != PLAIN_A
+                    },
+                    "throughput_ratio": {
+                        LABELS[name]: spread(
+                            [p / v for p, v in zip(per_round[PLAIN_A], per_round[name])]
+                        )
+                        for name in archives
+                        if name != PLAIN_A
+                    },
                 }
         finally:
             sys.stdout = real_stdout
-    return results
+            logging.basicConfig(stream=sys.stderr, force=True)
+    return {"rounds": rounds, "calls_per_round": calls, "batches": results}
 
 
-def tree_cpu_seconds(root: int) -> float:
-    """CPU time (user + system) of a process and all its descendants, from /proc."""
-    from obs.services import child_pids
+def timed_rounds(
+    services: Dict[str, Any], requests: List[Any], rounds: int, calls: int
+) -> Dict[str, List[float]]:
+    """Per variant, the median µs per batch of each round; calls alternate between variants."""
+    from handler_mixins.testing import predict
 
-    ticks = os.sysconf("SC_CLK_TCK")
-    total, pending = 0.0, [root]
-    while pending:
-        pid = pending.pop()
+    per_round: Dict[str, List[float]] = {name: [] for name in services}
+    for _ in range(rounds):
+        times: Dict[str, List[float]] = {name: [] for name in services}
+        for _ in range(calls):
+            for name, service in services.items():
+                started = time.perf_counter()
+                predict(service, requests)
+                times[name].append(time.perf_counter() - started)
+        for name in services:
+            per_round[name].append(statistics.median(times[name]) * 1e6)
+    return per_round
+
+
+def added(per_round: Dict[str, List[float]], name: str, size: int) -> Dict[str, Optional[float]]:
+    """µs per request ``name`` adds to ``plain_a``, round by round."""
+    pairs = zip(per_round[name], per_round[PLAIN_A])
+    return spread([(v - p) / size for v, p in pairs], 2)
+
+
+def targets(per_request: Dict[str, Any], saturated: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """Each target beside the median it is judged on, its range and the A/A control."""
+    rows = []
+
+    def row(measure: str, source: str, goal: str, limit: float, figure: Any, control: Any) -> None:
+        median = figure["median"] if figure else None
+        met = None
+        if median is not None:
+            met = median <= limit if goal == "<=" else median >= limit
+        rows.append(
+            {
+                "measure": measure,
+                "source": source,
+                "target": f"{goal} {limit}",
+                "median": median,
+                "range": [figure["min"], figure["max"]] if figure else None,
+                "aa_control": control,
+                "met": met,
+            }
+        )
+
+    for size, limit in ((1, 20.0), (32, 5.0)):
+        name = f"trivial_batch_{size}"
+        phase = saturated.get(name)
+        row(
+            f"mixin us per request in a worker at saturation, batch {size}"
+            " (PredictionTime - HandlerTime)",
+            name,
+            "<=",
+            limit,
+            phase and phase["added_us_per_request"][STDOUT],
+            phase and phase["added_us_per_request"]["aa_control"],
+        )
+        batch = per_request["batches"][f"batch_{size}"]
+        row(
+            f"mixin us per request in-process, batch {size}",
+            "in_process",
+            "<=",
+            limit,
+            batch["added_us_per_request"]["mixin"],
+            batch["added_us_per_request"]["aa_control"],
+        )
+    for name, sink, limit in (
+        ("trivial_batch_1", STDOUT, 0.95),
+        ("trivial_batch_1", TO_FILE, 0.95),
+        ("sleep_5ms_batch_1", STDOUT, 0.99),
+    ):
+        phase = saturated.get(name)
+        row(
+            f"throughput with the mixin / without, wrk at saturation, {name}, {sink}",
+            name,
+            ">=",
+            limit,
+            phase and phase["throughput_ratio"][sink],
+            phase and phase["throughput_ratio"]["aa_control"],
+        )
+    return rows
+
+
+def code_version() -> Dict[str, Any]:
+    """The commit measured, and whether the checkout differed from it."""
+
+    def git(*args: str) -> str:
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
-        pending.extend(child_pids(pid))
-    return total
+            done = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
+        except OSError:  # no git here (a copy of the tree)
+            return ""
+        return done.stdout.strip()
 
-
-def end_to_end(requests: int, rounds: int, scratch: Path) -> Dict[str, Any]:
-    """Wall-clock throughput and the servers' CPU per request, plain vs mixin.
-
-    Each variant runs in a TorchServe of its own (one worker), so the CPU the frontend
-    spends re-logging worker lines counts against the variant that prints them. On a
-    saturated machine throughput is the inverse of CPU per request, and the CPU figure is
-    far less noisy than wall-clock rounds on two shared cores.
-    """
-    from handler_mixins.example.build import MODEL_NAME, PLAIN_MODEL_NAME, build_archives
-    from obs.torchserve import TorchServe, TorchServePorts
-    from obs.traffic import json_request, send_all
-
-    store = scratch / "e2e-store"
-    build_archives(store, workers=1, batch_size=8, max_batch_delay_ms=5)
-    variants = {
-        "plain": (PLAIN_MODEL_NAME, {}),
-        "json_lines_on_stdout": (MODEL_NAME, {}),
-        "json_lines_to_file": (MODEL_NAME, {"TSOBS_LOG_FILE": str(scratch / "tsobs.jsonl")}),
+    return {
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "modified": bool(git("status", "--porcelain")),
     }
-    servers = {}
-    try:
-        for index, (variant, (model, env)) in enumerate(variants.items()):
-            servers[variant] = TorchServe(
-                scratch / variant,
-                store,
-                TorchServePorts.free(9700 + 10 * index),
-                load_models=f"{model}={model}.mar",
-                env={"PROMETHEUS_MULTIPROC_DIR": str(scratch / variant / "metrics"), **env},
-                # The host metrics collector is a fresh process every minute: CPU noise.
-                extra_config={"disable_system_metrics": "true"},
-            ).start()
-        for variant, (model, _env) in variants.items():
-            servers[variant].wait_ready([model], workers=1)
-        traffic = [json_request([0.1, 0.2, 0.3, i % 7]) for i in range(requests)]
-        rates: Dict[str, List[float]] = {variant: [] for variant in variants}
-        cpu: Dict[str, float] = {variant: 0.0 for variant in variants}
-        for round_ in range(rounds + 1):  # round 0 warms up
-            order = list(variants)[round_ % 3 :] + list(variants)[: round_ % 3]
-            for variant in order:
-                server, model = servers[variant], variants[variant][0]
-                cpu_before, started = tree_cpu_seconds(server.service.pid), time.perf_counter()
-                answers = send_all(server.ports.inference_url, model, traffic, concurrency=16)
-                elapsed = time.perf_counter() - started
-                assert all(a.status == 200 for a in answers)
-                if round_:
-                    rates[variant].append(requests / elapsed)
-                    cpu[variant] += tree_cpu_seconds(server.service.pid) - cpu_before
-    finally:
-        for server in servers.values():
-            server.stop()
-    measured = rounds * requests
-    report: Dict[str, Any] = {
-        "rounds": rounds,
-        "requests_per_round": requests,
-        "plain": {
-            "requests_per_s": round(statistics.median(rates["plain"]), 1),
-            "server_cpu_us_per_request": round(cpu["plain"] / measured * 1e6, 1),
-        },
-    }
-    for variant in ("json_lines_on_stdout", "json_lines_to_file"):
-        # Rounds pair the variants back to back: the median of per-round ratios resists the
-        # machine's drift better than a ratio of overall means.
-        ratios = sorted(m / p for m, p in zip(rates[variant], rates["plain"]))
-        report[variant] = {
-            "requests_per_s": round(statistics.median(rates[variant]), 1),
-            "server_cpu_us_per_request": round(cpu[variant] / measured * 1e6, 1),
-            "throughput_ratio_wall_clock": round(statistics.median(ratios), 3),
-            "throughput_ratio_wall_clock_range": [round(ratios[0], 3), round(ratios[-1], 3)],
-            "throughput_ratio_cpu_bound": round(cpu["plain"] / cpu[variant], 3),
-        }
-    return report
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer calls and rounds (noisier)")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="fewer rounds, shorter runs (noisier)")
+    size.add_argument(
+        "--tiny", action="store_true", help="a smoke test: the first phase only, one short round"
+    )
+    parser.add_argument("--in-process-only", action="store_true", help="no TorchServe, no wrk")
     args = parser.parse_args()
+    rounds, calls, seconds, phases = 5, 400, 5, PHASES
+    if args.quick:
+        rounds, calls, seconds = 3, 200, 3
+    if args.tiny:
+        rounds, calls, seconds, phases = 1, 20, 1, PHASES[:1]
+    os.environ["OMP_NUM_THREADS"] = "1"  # before torch is imported: as in the servers
+    load = os.getloadavg()
     with tempfile.TemporaryDirectory() as scratch:
-        per_request = in_process([1, 8, 32], 300 if args.quick else 2000, Path(scratch))
-        e2e = end_to_end(400, 3 if args.quick else 30, Path(scratch))
+        per_request = in_process(rounds, calls, Path(scratch))
+        saturated = {}
+        if not args.in_process_only:
+            saturated = saturation.measure(phases, rounds, seconds, Path(scratch))
     report = {
-        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "code": code_version(),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_average_1m": [round(load[0], 1), round(os.getloadavg()[0], 1)],
+        },
+        "targets": targets(per_request, saturated),
         "in_process": per_request,
-        "end_to_end": e2e,
-        "targets": {
-            "us_per_request_batch_1": TARGETS_US[1],
-            "us_per_request_batch_32": TARGETS_US[32],
-            "throughput_ratio": TARGET_RATIO,
-        },
-        "met": {
-            "batch_1": per_request["1"]["mixin_cost_us_per_request"] <= TARGETS_US[1],
-            "batch_32": per_request["32"]["mixin_cost_us_per_request"] <= TARGETS_US[32],
-            "throughput_ratio_cpu_bound": {
-                sink: e2e[sink]["throughput_ratio_cpu_bound"] >= TARGET_RATIO
-                for sink in ("json_lines_on_stdout", "json_lines_to_file")
-            },
-        },
+        "saturation": saturated,
     }
     print(json.dumps(report, indent=2))
 

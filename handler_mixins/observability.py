@@ -306,11 +306,7 @@ class Observer:
         for outcome in outcomes:
             counts[_OUTCOME_INDEX[outcome]] += 1
         metrics = self.metrics
-        for stage, seconds in batch.stage_seconds.items():
-            metrics.stage_seconds[stage].observe(seconds)
-        if batch.size:
-            metrics.batch_size.observe(batch.size)
-            metrics.batch_fill.observe(batch.size / self.max_batch_size)
+        metrics.observe_batch(batch.stage_seconds, batch.size, batch.size / self.max_batch_size)
         if error is not None:
             stage = batch.failed_stage or Stage.HANDLE
             metrics.count_error(stage, exception_label(error))
@@ -345,18 +341,17 @@ class Observer:
         }
         del common[Field.REQUEST_IDS]
         for stage, seconds in batch.stage_seconds.items():
-            common[STAGE_FIELDS[stage]] = round(seconds * 1000, 3)
+            common[STAGE_FIELDS[stage]] = logs.milliseconds(seconds)
         records = []
         for index, ids in enumerate(batch.ids):
-            record = common.copy()
-            record[Field.BATCH_INDEX] = index
+            record: Dict[str, Any] = {Field.BATCH_INDEX: index}
             for name, value in zip(ID_FIELDS, ids):
                 if value is not None:
                     record[name] = value
             record[Field.OUTCOME] = outcomes[index]
             record[Field.STATUS] = statuses[index]
             records.append(record)
-        self.emitter.emit(records)
+        self.emitter.emit(records, shared=common)
 
 
 class _NoLedger:

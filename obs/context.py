@@ -22,6 +22,8 @@ TRACEPARENT_HEADER = "traceparent"
 
 _CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?\Z")
+_TRACEPARENT_00 = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}\Z")
+"""The usual header: version 00, nothing after the flags."""
 _ZERO_TRACE_ID = "0" * 32
 _ZERO_SPAN_ID = "0" * 16
 
@@ -63,15 +65,35 @@ def parse_traceparent(value: Any) -> Optional[Tuple[str, str]]:
     text = clean_value(value, limit=256)
     if text is None:
         return None
-    match = _TRACEPARENT.match(text)
-    if match is None:
-        return None
-    version, trace_id, span_id, _flags, rest = match.groups()
-    if version == "ff" or (version == "00" and rest):
-        return None
+    match = _TRACEPARENT_00.match(text)
+    if match is not None:
+        trace_id, span_id = match.groups()
+    else:
+        match = _TRACEPARENT.match(text)
+        if match is None:
+            return None
+        version, trace_id, span_id, _flags, rest = match.groups()
+        if version == "ff" or (version == "00" and rest):
+            return None
     if trace_id == _ZERO_TRACE_ID or span_id == _ZERO_SPAN_ID:
         return None
     return trace_id, span_id
+
+
+_CLIENT_ID, _TRACE = 1, 2
+_ROLES = {CLIENT_REQUEST_ID_HEADER: _CLIENT_ID, TRACEPARENT_HEADER: _TRACE}
+_header_roles: Dict[Any, int] = {}
+"""Each header name as clients spell it, and what it carries (0: nothing read here). The same
+names come with every request, so each spelling is lowercased once, not once per request."""
+_MAX_HEADER_NAMES = 4096
+
+
+def _learn_header(name: Any) -> int:
+    role = _ROLES.get(name.lower(), 0) if isinstance(name, str) else 0
+    if len(_header_roles) >= _MAX_HEADER_NAMES:  # clients inventing names: forget, not grow
+        _header_roles.clear()
+    _header_roles[name] = role
+    return role
 
 
 class RequestIds(NamedTuple):
@@ -86,13 +108,15 @@ class RequestIds(NamedTuple):
     def from_headers(cls, request_id: Any, headers: Optional[Mapping[str, Any]]) -> RequestIds:
         """The IDs of one request; header names match whatever case the client sent."""
         client_request_id = traceparent = None
+        roles = _header_roles
         for name, value in (headers or {}).items():
-            if isinstance(name, str):
-                name = name.lower()
-                if name == CLIENT_REQUEST_ID_HEADER:
-                    client_request_id = value
-                elif name == TRACEPARENT_HEADER:
-                    traceparent = value
+            role = roles.get(name)
+            if role is None:
+                role = _learn_header(name)
+            if role == _CLIENT_ID:
+                client_request_id = value
+            elif role == _TRACE:
+                traceparent = value
         trace = parse_traceparent(traceparent)
         return cls(
             clean_value(request_id),

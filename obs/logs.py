@@ -50,6 +50,12 @@ def iso_timestamp(epoch: Optional[float] = None) -> str:
     return f"{formatted}.{int((now - second) * 1_000_000):06d}Z"
 
 
+def milliseconds(seconds: float) -> float:
+    """``seconds`` in milliseconds to the microsecond, as ``round(seconds * 1000, 3)`` but a
+    fifth of its cost: the integer's quotient prints as its shortest decimal."""
+    return int(seconds * 1e6 + 0.5) / 1000
+
+
 def truncate(text: str, limit: int) -> str:
     """``text`` cut to ``limit`` characters, marking the cut so nobody mistakes it for whole."""
     return text if len(text) <= limit else text[:limit] + "...[truncated]"
@@ -85,10 +91,21 @@ class LogEmitter:
         self._shipper = shipper
         self._lock = threading.Lock()
 
-    def emit(self, records: Sequence[Mapping[str, Any]]) -> None:
+    def emit(
+        self, records: Sequence[Mapping[str, Any]], shared: Optional[Mapping[str, Any]] = None
+    ) -> None:
+        """Write one line per record; ``shared`` fields (which records must not repeat) lead
+        every line and are rendered once, not once per record."""
+        if shared and (self._ecs or self._shipper is not None):  # ECS nests fields: merge first
+            records, shared = [{**shared, **r} for r in records], None
         if self._ecs:
             records = [to_ecs(r) for r in records]
-        data = b"\n".join([render(r) for r in records]) + b"\n"
+        if shared:
+            head = render(shared)[:-1]  # the shared fields without the closing brace
+            lines = [head + b"," + render(r)[1:] if r else head + b"}" for r in records]
+            data = b"\n".join(lines) + b"\n"
+        else:
+            data = b"\n".join([render(r) for r in records]) + b"\n"
         with self._lock:
             if self._log_file is not None:
                 self._log_file.write(data)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, Iterable, List, Tuple
 
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 
@@ -98,6 +98,21 @@ def _check_fork() -> None:
         _files.clear()
         for value in _values:
             value._open(keep_values=False)
+
+
+def add_all(increments: Iterable[Tuple[MultiProcessValue, float]]) -> None:
+    """Add each amount to its value, as ``inc`` does, under one acquisition of the lock.
+
+    A batch's metric updates (a dozen values) then take the lock once instead of once each:
+    the batched writer under prometheus_client's API, as its ``values.py`` sits under
+    ``metrics.py``. Every value is still in its file before this returns.
+    """
+    with _lock:
+        _check_fork()
+        for value, amount in increments:
+            value._value += amount
+            value._timestamp = 0.0
+            value._file.write_value(value._key, value._value, 0.0)
 
 
 class MultiProcessValue:

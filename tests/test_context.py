@@ -108,3 +108,13 @@ def test_utf8_header_values_survive_torchserves_latin1_decoding(sent: str) -> No
 def test_a_value_that_is_not_latin1_text_is_kept() -> None:
     assert recover_utf8("Ω-already-unicode") == "Ω-already-unicode"
     assert recover_utf8("\xff\xfe") == "\xff\xfe"  # not UTF-8 bytes: left as TorchServe gave it
+
+
+def test_header_names_are_learned_once_and_never_grow_without_bound() -> None:
+    from obs import context
+
+    for i in range(context._MAX_HEADER_NAMES + 10):
+        RequestIds.from_headers("ts-1", {f"X-Invented-{i}": "v"})
+    assert len(context._header_roles) <= context._MAX_HEADER_NAMES
+    ids = RequestIds.from_headers("ts-1", {"X-REQUEST-id": "abc", "TRACEPARENT": VALID})
+    assert (ids.client_request_id, ids.span_id) == ("abc", "00f067aa0ba902b7")

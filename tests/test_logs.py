@@ -8,6 +8,8 @@ import logging
 import re
 import time
 
+import pytest
+
 from obs import logs
 from obs.context import bind_batch, reset_batch
 from obs.fluent import FluentShipper
@@ -334,3 +336,21 @@ def test_log_file_keeps_the_last_backups_and_follows_an_outside_rotation(
     path.rename(tmp_path / "rotated-by-logrotate")
     unbounded.write(b'{"n": "after"}\n')
     assert json.loads(path.read_text()) == {"n": "after"}
+
+
+@pytest.mark.parametrize("fields", ["otel", "ecs"])
+def test_shared_fields_make_the_same_lines_as_whole_records(fields: str) -> None:
+    settings = Settings.from_env({"TSOBS_LOG_FIELDS": fields})
+    shared = {"timestamp": "t", "model_name": "m", "handle_ms": 0.5, "batch_size": 3}
+    records = [{"batch_index": 0, "request_id": "a\n"}, {"batch_index": 1, "status": 200}, {}]
+    once, whole = io.StringIO(), io.StringIO()
+    logs.LogEmitter(settings, stream=once).emit(records, shared=shared)
+    logs.LogEmitter(settings, stream=whole).emit([{**shared, **r} for r in records])
+    assert once.getvalue() == whole.getvalue()
+    assert len(lines(once)) == 3
+
+
+def test_milliseconds_round_as_round_does() -> None:
+    for micros in range(0, 2_000_000, 997):
+        seconds = micros / 1e6 + 1e-9
+        assert logs.milliseconds(seconds) == round(seconds * 1000, 3)
