@@ -45,7 +45,10 @@ def test_a_second_run_starts_clean_and_ends_with_next_steps(tmp_path: Path) -> N
     _demo(workdir, 15)
     output = _demo(workdir, 12)
 
-    assert "sent 12 requests; answers with status [200, 400, 503]" in output
+    # Which statuses come back depends on batching (a request batched with the failing one
+    # gets its 503 too); the failing one always does.
+    sent = re.search(r"sent 12 requests; answers with status \[([\d, ]+)\]", output)
+    assert sent and "503" in sent.group(1).split(", "), output
     counts = re.findall(r"^tsobs_requests_total\{.*\} (\d+)\.0$", output, re.M)
     assert sum(int(c) for c in counts) == 12, output
     assert re.search(r"^tsobs_batch_size_sum\{.*\} 12\.0$", output, re.M), output
