@@ -25,7 +25,6 @@ import copy
 import json
 import math
 import re
-import shutil
 import threading
 import time
 import urllib.parse
@@ -39,9 +38,10 @@ import yaml
 
 from handler_mixins.example.build import MODEL_NAME, MODEL_VERSION, PLAIN_MODEL_NAME
 from obs.generate import config, dashboards, panels, writers
-from obs.services import Service, free_port, http_get, wait_until_http_ok
+from obs.services import Service, http_get, wait_until_http_ok
 from obs.traffic import json_request, predict
 from tests.support.paths import REPO
+from tests.support.prometheus import start_prometheus
 from tests.support.traffic import wait_for
 from tests.test_dashboards import substitute
 
@@ -183,28 +183,10 @@ def _layouts(torchserve: str, exporter: str) -> List[Layout]:
 
 
 def _start_prometheus(tmp: Path, layout: Layout) -> Tuple[Service, str, Dict[str, Any]]:
-    binary = shutil.which("prometheus")
-    assert binary, "prometheus is not installed (Debian: apt-get install prometheus)"
     cfg = config.resolve(layout.cfg)
     writers.write(tmp, writers.build(cfg))
-    prom_config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(tmp / writers.RULES_FILE)],
-        "scrape_configs": layout.jobs,
-    }
-    (tmp / "prometheus.yml").write_text(yaml.safe_dump(prom_config))
-    port = free_port()
-    service = Service(
-        "prometheus",
-        [
-            binary,
-            f"--config.file={tmp / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        tmp / "prometheus.log",
-    ).start()
-    return service, f"http://127.0.0.1:{port}", cfg
+    service, url = start_prometheus(tmp, layout.jobs, tmp / writers.RULES_FILE)
+    return service, url, cfg
 
 
 def _variable_values(prometheus: str, var: Mapping[str, Any], chosen: Dict[str, str]) -> List[str]:

@@ -12,7 +12,6 @@ must produce series for both.
 
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from handler_mixins.example.build import MODEL_NAME
 from obs.exporter import HEALTH_PATH
 from obs.generate import config, panels, rules, writers
 from obs.services import Service, free_port, wait_until_http_ok
+from tests.support.prometheus import start_prometheus
 from tests.support.traffic import wait_for
 from tests.test_dashboards import substitute
 from tests.test_generator_e2e import GPU_PANELS, TEST_CONFIG, WINDOW, _query, _Traffic
@@ -92,8 +92,6 @@ def _monitor(files: Dict[str, str], directory: str) -> Dict[str, Any]:
 def test_both_layouts_feed_every_dashboard_query_and_the_rules(
     tmp_path: Path, torchserve: Any, exporter: Any
 ) -> None:
-    binary = shutil.which("prometheus")
-    assert binary, "prometheus is not installed (Debian: apt-get install prometheus)"
     cfg = config.resolve(TEST_CONFIG)
     files = writers.build(cfg)
     writers.write(tmp_path, files)
@@ -122,24 +120,7 @@ def test_both_layouts_feed_every_dashboard_query_and_the_rules(
         KSERVE_POD,
         {"tsobs-metrics": f"127.0.0.1:{merged_port}"},
     )
-    prom_config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(tmp_path / writers.RULES_FILE)],
-        "scrape_configs": scrape_configs,
-    }
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(prom_config))
-    port = free_port()
-    prometheus = Service(
-        "prometheus",
-        [
-            binary,
-            f"--config.file={tmp_path / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        tmp_path / "prometheus.log",
-    ).start()
-    url = f"http://127.0.0.1:{port}"
+    prometheus, url = start_prometheus(tmp_path, scrape_configs, tmp_path / writers.RULES_FILE)
     traffic = _Traffic(torchserve.ports.inference_url)
     try:
         wait_until_http_ok(f"http://127.0.0.1:{merged_port}{HEALTH_PATH}", 60, merged.process)
