@@ -91,7 +91,8 @@ def test_bad_config_is_refused_naming_the_key_and_writes_nothing(
 
 
 def test_every_config_problem_is_reported_in_one_run_with_its_value(tmp_path: Path) -> None:
-    """Seven mistakes, one run: each names its key and the value found there."""
+    """Eleven mistakes, alert overrides among them, one run: each names its key and the value
+    found there."""
     cfg_text = """
 colour: blue
 rate_window: five minutes
@@ -102,11 +103,14 @@ slo:
 dashboards: {uid_prefix: Has Spaces}
 alerts:
   TorchServeModelErrorRatioHigh: {threshold: high, severity: page}
+  NoSuchAlert: {enabled: false}
+  TorchServeTargetDown: {threshold: 3}
+  TorchServeModelLoadSlow: {threshold: 60, expr: 'up == 0'}
 """
     with pytest.raises(UsageError) as refused:
         _generate(tmp_path, cfg_text)
     message = str(refused.value)
-    assert message.startswith("8 problems in the config:")
+    assert message.startswith("11 problems in the config:")
     for key, value in [
         ("colour", "unknown key"),
         ("rate_window", "'five minutes'"),
@@ -116,6 +120,9 @@ alerts:
         ("dashboards.uid_prefix", "'Has Spaces'"),
         ("alerts.TorchServeModelErrorRatioHigh.threshold", "'high'"),
         ("alerts.TorchServeModelErrorRatioHigh.severity", "'page'"),
+        ("alerts.NoSuchAlert", "no such alert"),
+        ("alerts.TorchServeTargetDown.threshold", "no threshold (found 3)"),
+        ("alerts.TorchServeModelLoadSlow", "not both"),
     ]:
         assert re.search(rf"^  {re.escape(key)}: .*{re.escape(value)}", message, re.M), (
             key,

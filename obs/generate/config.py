@@ -281,8 +281,11 @@ def _validate(cfg: Dict[str, Any], problems: _Problems) -> None:
     _labels(kube["prometheusrule_labels"], "kubernetes.prometheusrule_labels", problems)
     _labels(kube["configmap_labels"], "kubernetes.configmap_labels", problems)
     _labels(kube["monitor_labels"], "kubernetes.monitor_labels", problems)
+    from obs.generate.rules import builtin_thresholds
+
+    thresholds = builtin_thresholds()
     for name, override in cfg["alerts"].items():
-        _alert_override(str(name), override, problems)
+        _alert_override(str(name), override, thresholds, problems)
 
 
 def _runbook(pattern: str, problems: _Problems) -> None:
@@ -347,13 +350,24 @@ def _slo(slo: Dict[str, Any], problems: _Problems) -> None:
             )
 
 
-def _alert_override(name: str, override: Any, problems: _Problems) -> None:
-    """Shape of ``alerts.<name>``; whether the alert exists is checked by the rules module."""
+def _alert_override(
+    name: str, override: Any, thresholds: Mapping[str, Optional[float]], problems: _Problems
+) -> None:
+    """``alerts.<name>`` against the built-in alerts (``thresholds``: each name and its default
+    threshold, None where the alert takes none), checked here so its problems are reported
+    with every other one."""
     path = f"alerts.{name}"
     if not problems.require(
+        name in thresholds, path, f"no such alert (known: {', '.join(sorted(thresholds))})"
+    ) or not problems.require(
         isinstance(override, Mapping), path, f"must be a mapping, not {override!r}"
     ):
         return
+    problems.require(
+        not ("threshold" in override and "expr" in override),
+        path,
+        "set threshold or expr, not both",
+    )
     for key, value in override.items():
         item = f"{path}.{key}"
         if not problems.require(
@@ -369,7 +383,12 @@ def _alert_override(name: str, override: Any, problems: _Problems) -> None:
         elif key == "for":
             _duration(value, item, problems)
         elif key == "threshold":
-            problems.require(_is_number(value), item, f"must be a number, not {value!r}")
+            if problems.require(
+                thresholds[name] is not None,
+                item,
+                f"this alert has no threshold (found {value!r}); override its expr instead",
+            ):
+                problems.require(_is_number(value), item, f"must be a number, not {value!r}")
         elif key == "expr":
             problems.require(
                 isinstance(value, str) and bool(value.strip()),

@@ -7,11 +7,12 @@ names from :mod:`obs.signals` and :mod:`obs.generate.torchserve`.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from obs.generate import torchserve as ts
-from obs.generate.config import ConfigError, all_windows, durations_seconds
+from obs.generate.config import DEFAULTS, all_windows, durations_seconds
 from obs.generate.promql import (
     HOST,
     NAME_PREFIX,
@@ -646,14 +647,17 @@ def _restarts(q: Queries, labels: Tuple[str, ...]) -> str:
     return f"{starts}\n- {on}\n({rise})\n- {on}\n(\n  {fresh}\n  or {on}\n  {zero}\n)"
 
 
+@functools.lru_cache(maxsize=1)
+def builtin_thresholds() -> Dict[str, Optional[float]]:
+    """Each built-in alert's name and default threshold (None: it takes none). Names and
+    whether an alert has a threshold do not depend on the config, so the defaults tell."""
+    return {spec.name: spec.threshold for spec in builtin_alerts(DEFAULTS)}
+
+
 def _apply(spec: AlertSpec, override: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
     """The rule for ``spec`` after the config's override; None when it is disabled."""
     if not override.get("enabled", True):
         return None
-    if "threshold" in override and spec.threshold is None:
-        raise ConfigError(f"alerts.{spec.name}.threshold: this alert has no threshold")
-    if "threshold" in override and "expr" in override:
-        raise ConfigError(f"alerts.{spec.name}: set threshold or expr, not both")
     spec = replace(
         spec,
         severity=override.get("severity", spec.severity),
@@ -676,13 +680,8 @@ def _apply(spec: AlertSpec, override: Mapping[str, Any]) -> Optional[Dict[str, A
 
 def alert_rules(cfg: Mapping[str, Any]) -> Dict[str, List[Dict[str, Any]]]:
     """Alerting rules by group, after overrides, each with a ``runbook_url``."""
-    specs = builtin_alerts(cfg)
-    known = {s.name for s in specs}
-    unknown = sorted(set(cfg["alerts"]) - known)
-    if unknown:
-        raise ConfigError(f"alerts.{unknown[0]}: no such alert (known: {', '.join(sorted(known))})")
     groups: Dict[str, List[Dict[str, Any]]] = {}
-    for spec in specs:
+    for spec in builtin_alerts(cfg):
         rule = _apply(spec, cfg["alerts"].get(spec.name, {}))
         if rule is None:
             continue
