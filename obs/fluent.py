@@ -8,7 +8,7 @@ so the caller can count it.
 
 from __future__ import annotations
 
-import threading
+import queue
 import time
 from typing import Any, Callable, Mapping
 
@@ -20,8 +20,9 @@ QUEUE_FULL = "queue_full"
 SEND_FAILED = "send_failed"
 SHUTDOWN = "shutdown"
 
-CLOSE_TIMEOUT_S = 2.0
-"""How long shutdown waits for the sender thread: ``close()`` can hang on a stalled Fluentd."""
+CLOSE_TIMEOUT_S = 1.5
+"""How long shutdown waits for the sender thread: sending can hang on a stalled Fluentd, and
+a worker sent SIGTERM must be gone within seconds."""
 
 DropCallback = Callable[[str, int], None]
 
@@ -54,6 +55,8 @@ class FluentShipper:
         timeout_s: float = 3.0,
     ) -> None:
         self._on_drop = on_drop
+        self._stopped = False
+        """No more records are taken: set by :meth:`stop`, first thing in :meth:`close`."""
         self._closed = False
         self._sender = asyncsender.FluentSender(
             tag,
@@ -69,7 +72,7 @@ class FluentShipper:
         )
 
     def ship(self, record: Mapping[str, Any]) -> None:
-        if not self._sender.emit_with_time(None, time.time(), record):
+        if self._stopped or not self._sender.emit_with_time(None, time.time(), record):
             self._on_drop(SHUTDOWN, 1)
 
     def _queue_overflowed(self, _discarded: bytes) -> None:
@@ -78,18 +81,44 @@ class FluentShipper:
     def _buffer_overflowed(self, pending: bytes) -> None:
         self._on_drop(SEND_FAILED, count_packets(pending))
 
+    def stop(self) -> None:
+        """Refuse (and count) every record from now on. A plain store, so a signal handler
+        may call it: the busy thread it interrupted stops competing with :meth:`close`."""
+        self._stopped = True
+
     def close(self) -> None:
-        """Flush what Fluentd will take within :data:`CLOSE_TIMEOUT_S`; count the rest. Once."""
+        """Flush what Fluentd will take within :data:`CLOSE_TIMEOUT_S`; count the rest. Once.
+
+        fluent-logger's own ``close`` joins its sender thread without a limit while holding
+        the lock every ``emit`` takes, so this does the same steps with a bounded join.
+        """
         if self._closed:
             return
         self._closed = True
-        closer = threading.Thread(target=self._sender.close, name="tsobs-fluent-close", daemon=True)
-        closer.start()
-        closer.join(CLOSE_TIMEOUT_S)
-        queued = list(self._sender._queue.queue)  # may still hold the close marker
-        unsent = sum(1 for item in queued if isinstance(item, bytes))
-        pending = self._sender.pendings
-        if pending:
-            unsent += count_packets(pending)
+        self.stop()
+        sender = self._sender
+        with sender.lock:  # waits out an emit under way; no other starts (see ``ship``)
+            sender._closed = True
+            unsent = _put_discarding_oldest(sender._queue, asyncsender._TOMBSTONE)
+        sender._send_thread.join(CLOSE_TIMEOUT_S)
+        unsent += sum(1 for item in list(sender._queue.queue) if isinstance(item, bytes))
+        if sender.pendings:
+            unsent += count_packets(sender.pendings)
         if unsent:
             self._on_drop(SHUTDOWN, unsent)
+
+
+def _put_discarding_oldest(items: queue.Queue[Any], item: Any) -> int:
+    """Put ``item`` without blocking, discarding the oldest entry if the queue is full (the
+    caller is its only producer); returns how many records were discarded for it."""
+    try:
+        items.put_nowait(item)
+        return 0
+    except queue.Full:
+        try:
+            items.get_nowait()
+            discarded = 1
+        except queue.Empty:  # the sender thread took one meanwhile
+            discarded = 0
+        items.put_nowait(item)
+        return discarded

@@ -115,6 +115,11 @@ class LogEmitter:
             for record in records:
                 self._shipper.ship(record)
 
+    def stop_shipping(self) -> None:
+        """From now on every record is counted as dropped instead of shipped (signal-safe)."""
+        if self._shipper is not None:
+            self._shipper.stop()
+
     def close(self) -> None:
         if self._shipper is not None:
             self._shipper.close()
@@ -206,15 +211,28 @@ def _close_emitter() -> None:
 
 _exit_hooks: List[bool] = []
 
+EXIT_DEADLINE_S = 2.5
+"""A worker sent SIGTERM is gone this long after it, flushed or not (TorchServe and the
+kubelet expect it to go; the flush has :data:`obs.fluent.CLOSE_TIMEOUT_S` of it)."""
+YIELD_EVERY_S = 0.05
+YIELD_FOR_S = 0.02
+"""After SIGTERM the main thread sleeps this long every :data:`YIELD_EVERY_S`: a thread
+that waits for the GIL behind a busy main thread and an I/O-bound one can wait seconds."""
+
 
 def _flush_at_exit() -> None:
     """Flush the Fluentd queue when the worker exits or is sent SIGTERM, then exit as before.
 
-    Once per process. The SIGTERM handler itself takes no lock, writes no metric and does
-    no blocking I/O (the interrupted code may hold prometheus_client's non-reentrant lock):
-    it restores the default action and wakes a thread started here, which flushes (for up
-    to 2 s, counting what is left) and then sends SIGTERM again, so the process still dies
-    of SIGTERM. A SIGKILLed worker loses what was still queued: nothing can run then.
+    Once per process. The SIGTERM handler takes no lock, writes no metric and does no I/O
+    (the interrupted code may hold prometheus_client's non-reentrant lock): it restores the
+    default action, stops the shipper taking records and wakes a thread started here, which
+    flushes, counts what is left, and sends SIGTERM again, so the process still dies of
+    SIGTERM. A worker busy in inference keeps that thread from the GIL for seconds, so
+    (when SIGALRM is free) the main thread then gives way on a timer: every
+    :data:`YIELD_EVERY_S` it sleeps a moment, holding nothing the flush needs except where
+    the timer interrupted a metric write (the next tick lands elsewhere), and at
+    :data:`EXIT_DEADLINE_S` it sends SIGTERM whatever the flush has done. A SIGKILLed
+    worker loses what was still queued: nothing can run then.
     """
     if _exit_hooks:
         return
@@ -226,19 +244,42 @@ def _flush_at_exit() -> None:
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_write, False)
     owner = os.getpid()
+    terminated: List[bool] = []
+    deadline: List[float] = []
+
+    def terminate() -> None:
+        """Once: the flushing thread and the deadline may both get here."""
+        if not terminated:
+            terminated.append(True)
+            os.kill(owner, signal.SIGTERM)
 
     def terminate_after_flush() -> None:
         os.read(wake_read, 1)
         try:
             _close_emitter()
         finally:
-            os.kill(owner, signal.SIGTERM)
+            terminate()
+
+    def give_way(signum: int, frame: Any) -> None:
+        if terminated or time.monotonic() >= deadline[0]:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            terminate()
+        else:
+            time.sleep(YIELD_FOR_S)
 
     def on_sigterm(signum: int, frame: Any) -> None:
         signal.signal(signum, previous if callable(previous) else signal.SIG_DFL)
         if os.getpid() != owner:  # a forked child: the flushing thread is not here
             os.kill(os.getpid(), signum)
             return
+        if _emitter is not None:
+            _emitter.stop_shipping()
+        if signal.getsignal(signal.SIGALRM) == signal.SIG_DFL and not any(
+            signal.getitimer(signal.ITIMER_REAL)
+        ):
+            deadline.append(time.monotonic() + EXIT_DEADLINE_S)
+            signal.signal(signal.SIGALRM, give_way)
+            signal.setitimer(signal.ITIMER_REAL, YIELD_EVERY_S, YIELD_EVERY_S)
         try:
             os.write(wake_write, b"x")
         except OSError:  # already woken
