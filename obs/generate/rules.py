@@ -685,10 +685,7 @@ def alert_rules(cfg: Mapping[str, Any]) -> Dict[str, List[Dict[str, Any]]]:
         rule = _apply(spec, cfg["alerts"].get(spec.name, {}))
         if rule is None:
             continue
-        rule["annotations"].setdefault(
-            "runbook_url",
-            cfg["runbook_url_pattern"].format(alert=spec.name, alert_lower=spec.name.lower()),
-        )
+        rule["annotations"].setdefault("runbook_url", runbook_url(cfg, spec.name))
         groups.setdefault(spec.group, []).append(rule)
     return groups
 
