@@ -297,6 +297,20 @@ def builtin_alerts(cfg: Mapping[str, Any]) -> List[AlertSpec]:
             expr=lambda _t: _burn(cfg, ratio, objective, speed),
         )
 
+    def down(job: str, selector: str, severity: str, summary: str, effect: str) -> AlertSpec:
+        return AlertSpec(
+            name=f"{job}Down",
+            group=GROUP_SERVICE,
+            severity=severity,
+            for_="5m",
+            summary=summary,
+            description=(
+                "Target {{ $labels.instance }} of job {{ $labels.job }} has been down for 5 "
+                f"minutes: {effect}."
+            ),
+            expr=lambda _t: f"up{{{selector}}} == 0",
+        )
+
     def absent(job: str, selector: str, severity: str) -> AlertSpec:
         return AlertSpec(
             name=f"{job}Missing",
@@ -313,30 +327,20 @@ def builtin_alerts(cfg: Mapping[str, Any]) -> List[AlertSpec]:
         )
 
     return [
-        AlertSpec(
-            name="TorchServeTargetDown",
-            group=GROUP_SERVICE,
-            severity="critical",
-            for_="5m",
-            summary="Prometheus cannot scrape TorchServe's metrics endpoint.",
-            description=(
-                "Target {{ $labels.instance }} of job {{ $labels.job }} has been down for 5 "
-                "minutes: TorchServe is not running or metrics_mode is not prometheus."
-            ),
-            expr=lambda _t: f"up{{{cfg['torchserve_selector']}}} == 0",
+        down(
+            "TorchServeTarget",
+            cfg["torchserve_selector"],
+            "critical",
+            "Prometheus cannot scrape TorchServe's metrics endpoint.",
+            "TorchServe is not running or metrics_mode is not prometheus",
         ),
         absent("TorchServeTarget", cfg["torchserve_selector"], "critical"),
-        AlertSpec(
-            name="TorchServeObsExporterDown",
-            group=GROUP_SERVICE,
-            severity="warning",
-            for_="5m",
-            summary="Prometheus cannot scrape the torchserve-obs exporter.",
-            description=(
-                "Target {{ $labels.instance }} of job {{ $labels.job }} has been down for 5 "
-                "minutes: handler metrics, and the alerts built on them, are blind."
-            ),
-            expr=lambda _t: f"up{{{cfg['exporter_selector']}}} == 0",
+        down(
+            "TorchServeObsExporter",
+            cfg["exporter_selector"],
+            "warning",
+            "Prometheus cannot scrape the torchserve-obs exporter.",
+            "handler metrics, and the alerts built on them, are blind",
         ),
         absent("TorchServeObsExporter", cfg["exporter_selector"], "warning"),
         AlertSpec(
