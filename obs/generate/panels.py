@@ -599,23 +599,16 @@ def _host(cfg: Mapping[str, Any]) -> Tuple[PanelSpec, ...]:
     host = q.host_by
     legend = _legend(host)
 
-    def smoothed(metric: str, by: Tuple[str, ...]) -> str:
-        return (
-            f"avg {q.by(by)} (avg_over_time("
-            f"{q.sel(metric, TORCHSERVE, per_model=False)}[{HOST_SMOOTHING}]))"
-        )
-
     def gauge(metric: str) -> str:
         return f"max {q.by(host)} ({q.sel(metric, TORCHSERVE, per_model=False)})"
 
-    device = host + (Label.DEVICE,)
     memory, disk = "TorchServeHostMemoryPressure", "TorchServeHostDiskPressure"
     gpu_full, gpu_idle = "TorchServeGPUMemoryNearFull", "TorchServeGPUUnderutilized"
     return (
         p.timeseries(
             "Host memory",
             "percent",
-            Query(smoothed(ts.MEMORY_UTILIZATION, host), legend),
+            Query(q.host_average(ts.MEMORY_UTILIZATION, host, HOST_SMOOTHING), legend),
             description="Memory in use on each TorchServe host, in percent, as TorchServe "
             f"samples it once a minute, averaged over {HOST_SMOOTHING}. Red from the "
             f"{memory} threshold.",
@@ -637,7 +630,7 @@ def _host(cfg: Mapping[str, Any]) -> Tuple[PanelSpec, ...]:
         p.timeseries(
             "Disk utilisation",
             "percent",
-            Query(smoothed(ts.DISK_UTILIZATION, host), legend),
+            Query(q.host_average(ts.DISK_UTILIZATION, host, HOST_SMOOTHING), legend),
             description="Disk in use on each TorchServe host's root file system, in "
             f"percent, averaged over {HOST_SMOOTHING}. Red from the {disk} threshold.",
             action="Logs and model archives fill it: rotate logs/ and clean the model store.",
@@ -647,11 +640,7 @@ def _host(cfg: Mapping[str, Any]) -> Tuple[PanelSpec, ...]:
         p.timeseries(
             "GPU memory in use",
             "percentunit",
-            Query(
-                f"max {q.by(device)} ({q.exp(Metrics.GPU_MEMORY_USED, per_model=False)})\n/\n"
-                f"max {q.by(device)} ({q.exp(Metrics.GPU_MEMORY_TOTAL, per_model=False)})",
-                f"{legend} {{{{device}}}}",
-            ),
+            Query(q.gpu_memory_used_ratio(host), f"{legend} {{{{device}}}}"),
             description="Share of each GPU's memory in use by all processes "
             f"(cudaMemGetInfo). Red from the {gpu_full} threshold.",
             action="Near full: the next large batch may fail with CUDA out of memory; see GPU "
@@ -664,7 +653,7 @@ def _host(cfg: Mapping[str, Any]) -> Tuple[PanelSpec, ...]:
             "GPU utilisation",
             "percent",
             Query(
-                smoothed(ts.GPU_UTILIZATION, host + ("DeviceId",)),
+                q.host_average(ts.GPU_UTILIZATION, host + ("DeviceId",), HOST_SMOOTHING),
                 f"{legend} GPU {{{{DeviceId}}}}",
             ),
             description="Busy time of each GPU in percent, sampled by TorchServe once a "

@@ -527,12 +527,7 @@ def builtin_alerts(cfg: Mapping[str, Any]) -> List[AlertSpec]:
                 "{{ $value | humanizePercentage }} of its memory in use: the next large batch "
                 "may fail with CUDA out of memory."
             ),
-            expr=lambda t: (
-                f"max {q.by(q.instance_by + (Label.DEVICE,))} "
-                f"({q.exp(Metrics.GPU_MEMORY_USED, per_model=False)})\n/\n"
-                f"max {q.by(q.instance_by + (Label.DEVICE,))} "
-                f"({q.exp(Metrics.GPU_MEMORY_TOTAL, per_model=False)})\n> {num(t or 0)}"
-            ),
+            expr=lambda t: f"{q.gpu_memory_used_ratio(q.instance_by)}\n> {num(t or 0)}",
         ),
         AlertSpec(
             name="TorchServeGPUUnderutilized",
@@ -547,8 +542,7 @@ def builtin_alerts(cfg: Mapping[str, Any]) -> List[AlertSpec]:
                 "fewer GPUs would do."
             ),
             expr=lambda t: (
-                f"avg {q.by(q.instance_by)} (avg_over_time("
-                f"{q.sel(ts.GPU_UTILIZATION, TORCHSERVE, per_model=False)}[{GPU_IDLE_WINDOW}]))"
+                f"{q.host_average(ts.GPU_UTILIZATION, q.instance_by, GPU_IDLE_WINDOW)}"
                 f" < {num(t or 0)}\nand on ({', '.join(q.instance_by)})\n"
                 f"{q.sum_rate(inference, q.instance_by, GPU_IDLE_WINDOW)} >= {min_rate}"
             ),
@@ -566,9 +560,8 @@ def builtin_alerts(cfg: Mapping[str, Any]) -> List[AlertSpec]:
                 "killed by the OOM killer."
             ),
             expr=lambda t: (
-                f"avg {q.by(q.instance_by)} (avg_over_time("
-                f"{q.sel(ts.MEMORY_UTILIZATION, TORCHSERVE, per_model=False)}[{HOST_SMOOTHING}]))"
-                f" > {num(t or 0)}"
+                q.host_average(ts.MEMORY_UTILIZATION, q.instance_by, HOST_SMOOTHING)
+                + f" > {num(t or 0)}"
             ),
         ),
         AlertSpec(
@@ -584,9 +577,8 @@ def builtin_alerts(cfg: Mapping[str, Any]) -> List[AlertSpec]:
                 "will soon fail to write."
             ),
             expr=lambda t: (
-                f"avg {q.by(q.instance_by)} (avg_over_time("
-                f"{q.sel(ts.DISK_UTILIZATION, TORCHSERVE, per_model=False)}[{HOST_SMOOTHING}]))"
-                f" > {num(t or 0)}"
+                q.host_average(ts.DISK_UTILIZATION, q.instance_by, HOST_SMOOTHING)
+                + f" > {num(t or 0)}"
             ),
         ),
         AlertSpec(
