@@ -326,6 +326,23 @@ def builtin_alerts(cfg: Mapping[str, Any]) -> List[AlertSpec]:
             expr=lambda _t: f"absent(up{{{selector}}})",
         )
 
+    def pressure(resource: str, gauge: str, running_out_of: str, effect: str) -> AlertSpec:
+        return AlertSpec(
+            name=f"TorchServeHost{resource}Pressure",
+            group=GROUP_RESOURCES,
+            severity="warning",
+            for_="15m",
+            threshold=90.0,
+            summary=f"A TorchServe host is running out of {running_out_of}.",
+            description=(
+                f"{resource} utilisation of TorchServe host {{{{ $labels.instance }}}} averaged "
+                f"{{{{ $value | humanize }}}}% over {HOST_SMOOTHING}: {effect}."
+            ),
+            expr=lambda t: (
+                q.host_average(gauge, q.instance_by, HOST_SMOOTHING) + f" > {num(t or 0)}"
+            ),
+        )
+
     return [
         down(
             "TorchServeTarget",
@@ -547,39 +564,17 @@ def builtin_alerts(cfg: Mapping[str, Any]) -> List[AlertSpec]:
                 f"{q.sum_rate(inference, q.instance_by, GPU_IDLE_WINDOW)} >= {min_rate}"
             ),
         ),
-        AlertSpec(
-            name="TorchServeHostMemoryPressure",
-            group=GROUP_RESOURCES,
-            severity="warning",
-            for_="15m",
-            threshold=90.0,
-            summary="A TorchServe host is running out of memory.",
-            description=(
-                "Memory utilisation of TorchServe host {{ $labels.instance }} averaged "
-                "{{ $value | humanize }}% over " + HOST_SMOOTHING + ": workers risk being "
-                "killed by the OOM killer."
-            ),
-            expr=lambda t: (
-                q.host_average(ts.MEMORY_UTILIZATION, q.instance_by, HOST_SMOOTHING)
-                + f" > {num(t or 0)}"
-            ),
+        pressure(
+            "Memory",
+            ts.MEMORY_UTILIZATION,
+            "memory",
+            "workers risk being killed by the OOM killer",
         ),
-        AlertSpec(
-            name="TorchServeHostDiskPressure",
-            group=GROUP_RESOURCES,
-            severity="warning",
-            for_="15m",
-            threshold=90.0,
-            summary="A TorchServe host is running out of disk space.",
-            description=(
-                "Disk utilisation of TorchServe host {{ $labels.instance }} averaged "
-                "{{ $value | humanize }}% over " + HOST_SMOOTHING + ": logs and model archives "
-                "will soon fail to write."
-            ),
-            expr=lambda t: (
-                q.host_average(ts.DISK_UTILIZATION, q.instance_by, HOST_SMOOTHING)
-                + f" > {num(t or 0)}"
-            ),
+        pressure(
+            "Disk",
+            ts.DISK_UTILIZATION,
+            "disk space",
+            "logs and model archives will soon fail to write",
         ),
         AlertSpec(
             name="TorchServeObsLogRecordsDropped",
