@@ -16,7 +16,7 @@ from obs.generate import links, rules
 from obs.generate import torchserve as ts
 from obs.generate.config import durations_seconds
 from obs.generate.promql import RECORDED, TORCHSERVE, Queries
-from obs.signals import Label, Metrics, Stage
+from obs.signals import Label, Metrics, MetricSpec, Stage
 
 GPU = "gpu"
 """``PanelSpec.needs``: the panel shows data only on hosts with an NVIDIA GPU."""
@@ -101,6 +101,21 @@ class DashboardSpec:
 
 def _legend(labels: Sequence[str]) -> str:
     return " ".join(f"{{{{{label}}}}}" for label in labels)
+
+
+def _counted(
+    q: Queries,
+    spec: MetricSpec,
+    by: Tuple[str, ...],
+    labels: Tuple[str, ...],
+    like: str,
+    per_model: bool = True,
+) -> Query:
+    """Rate of one of our counters by ``by`` and ``labels``, 0 for each ``by`` group of
+    ``like`` where it has no series yet: the panel reads 0, not No data, while nothing happened."""
+    keys = by + labels
+    rated = q.sum_rate(q.exp(spec, per_model=per_model), keys)
+    return Query(q.or_zero(rated, like, on=by), _legend(keys))
 
 
 class Alerts:
@@ -198,13 +213,11 @@ class _Panels:
 
     def lost(self) -> PanelSpec:
         q, by = self.q, self.by
-        keys = by + (Label.LOST_REASON,)
-        rated = q.sum_rate(q.exp(Metrics.REQUESTS_LOST), keys)
         total = q.sum_rate(q.exp(Metrics.REQUESTS), by)
         return self.timeseries(
             "Requests lost with their worker",
             "reqps",
-            Query(q.or_zero(rated, total, on=by), _legend(keys)),
+            _counted(q, Metrics.REQUESTS_LOST, by, (Label.LOST_REASON,), total),
             description="Requests in a batch whose worker process died before answering "
             '(TorchServe answered "Worker died."); also counted as server errors. 0 when '
             "none were lost.",
@@ -215,13 +228,11 @@ class _Panels:
 
     def exceptions(self) -> PanelSpec:
         q, by = self.q, self.by
-        exc = by + (Label.STAGE, Label.EXCEPTION)
-        rated = q.sum_rate(q.exp(Metrics.ERRORS), exc)
         total = q.sum_rate(q.exp(Metrics.REQUESTS), by)
         return self.timeseries(
             "Handler exceptions by stage",
             "ops",
-            Query(q.or_zero(rated, total, on=by), _legend(exc)),
+            _counted(q, Metrics.ERRORS, by, (Label.STAGE, Label.EXCEPTION), total),
             description="Exceptions raised by the handler per second, by stage and exception "
             "class (a bounded set, else other). 0 while nothing raises.",
             action="Open the logs for the model (panel link): batch_failed lines carry the "
@@ -674,9 +685,8 @@ def _pipeline(cfg: Mapping[str, Any]) -> Tuple[PanelSpec, ...]:
     host = q.host_by
     exporters = f"sum {q.by(host)} ({q.sel('up', 'exporter', per_model=False)})"
 
-    def counted(spec: Any, label: str) -> Query:
-        rated = q.sum_rate(q.exp(spec, per_model=False), host + (label,))
-        return Query(q.or_zero(rated, exporters, on=host), _legend(host + (label,)))
+    def counted(spec: MetricSpec, label: str) -> Query:
+        return _counted(q, spec, host, (label,), exporters, per_model=False)
 
     http_5xx = "TorchServeHTTPErrorRatioHigh"
     return (
