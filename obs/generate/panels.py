@@ -158,6 +158,15 @@ class _Panels:
     def timeseries(self, title: str, unit: str, *queries: Query, **kw: Any) -> PanelSpec:
         return self.panel(title, "timeseries", unit, *queries, **kw)
 
+    def heatmap(
+        self, title: str, unit: str, spec: MetricSpec, extra: str = "", **kw: Any
+    ) -> PanelSpec:
+        """Observations per second by bucket of one of our histograms, all selected models
+        together: the series carry only ``le``, so they link to no model."""
+        rated = self.q.sum_rate(self.q.exp(spec, "bucket", extra=extra), ("le",))
+        query = Query(rated, "{{le}}", heatmap=True)
+        return self.panel(title, "heatmap", unit, query, series_model="", **kw)
+
     def alert_steps(self, name: str) -> Steps:
         return above(self.alerts.threshold(name))
 
@@ -289,27 +298,15 @@ class _Panels:
         q, by = self.q, self.by
         return (
             self.stage_latency(),
-            self.panel(
+            self.heatmap(
                 "Handle latency distribution",
-                "heatmap",
                 "s",
-                Query(
-                    q.sum_rate(
-                        q.exp(
-                            Metrics.STAGE_DURATION,
-                            "bucket",
-                            extra=f'{Label.STAGE}="{Stage.HANDLE}"',
-                        ),
-                        ("le",),
-                    ),
-                    "{{le}}",
-                    heatmap=True,
-                ),
+                Metrics.STAGE_DURATION,
+                f'{Label.STAGE}="{Stage.HANDLE}"',
                 description="Batches per second by handle duration bucket (seconds), all "
                 "selected models together.",
                 action="Two bands mean two populations (a slow version, a slow input "
                 "size, a cold worker): split by version on the model dashboard.",
-                series_model="",
                 width=12,
             ),
             self.timeseries(
@@ -423,20 +420,14 @@ class _Panels:
                 action="Low while queue latency is high: workers are too many for the "
                 "traffic; low and fast: max_batch_delay expires first, which is fine.",
             ),
-            self.panel(
+            self.heatmap(
                 "Batch size distribution",
-                "heatmap",
                 "short",
-                Query(
-                    q.sum_rate(q.exp(Metrics.BATCH_SIZE, "bucket"), ("le",)),
-                    "{{le}}",
-                    heatmap=True,
-                ),
+                Metrics.BATCH_SIZE,
                 description="Batches per second by size bucket (requests per batch), all "
                 "selected models together.",
                 action="Compare with the configured batch_size: a band at the maximum means "
                 "the model could use larger batches or more workers.",
-                series_model="",
             ),
         )
 
