@@ -16,7 +16,7 @@ from typing import Any, Dict, List
 import pytest
 
 from obs.services import Service
-from tests.support.elasticsearch import BulkRecorder
+from tests.support.es_standin import ElasticsearchStandin
 from tests.support.paths import REPO
 from tests.support.traffic import wait_for
 
@@ -85,13 +85,13 @@ def test_cri_lines_become_records_with_fields_and_pod_metadata(
     )
     state = tmp_path / "state"
     state.mkdir()
-    recorder = BulkRecorder()
+    es = ElasticsearchStandin()
     env = {
         **os.environ,
         "TSOBS_LOG_DIR": str(logs),
         "TSOBS_STATE_DIR": str(state),
         "TSOBS_FLUSH_INTERVAL": "1s",
-        "ELASTICSEARCH_URL": recorder.url,
+        "ELASTICSEARCH_URL": f"http://127.0.0.1:{es.port}",
     }
     fluentd = Service(
         "fluentd",
@@ -101,19 +101,18 @@ def test_cri_lines_become_records_with_fields_and_pod_metadata(
     ).start()
     try:
         wait_for(
-            lambda: len(recorder.snapshot()) >= 6 or not fluentd.running(),
+            lambda: len(es.actions) >= 6 or not fluentd.running(),
             timeout=120,
             what="six records shipped",
         )
         assert fluentd.running(), fluentd.log_tail()
     finally:
         fluentd.stop()
-        recorder.close()
-    documents = recorder.snapshot()
-    assert all(list(action) == ["create"] for action, _ in documents), "data streams take create"
-    assert {action["create"]["_index"] for action, _ in documents} == {"tsobs-logs-otel"}
-    assert all(action["create"].get("_id") for action, _ in documents), "an _id for every record"
-    records = [source for _, source in documents]
+        es.close()
+    assert {op for op, _index, _id in es.actions} == {"create"}, "data streams take create"
+    assert {index for _op, index, _id in es.actions} == {"tsobs-logs-otel"}
+    assert all(doc_id for _op, _index, doc_id in es.actions), "an _id for every record"
+    records = es.snapshot()
     assert all("_hash" not in r and "log" not in r for r in records)
     assert all(
         r["k8s.namespace.name"] == "torchserve" and r["k8s.pod.name"] == POD for r in records

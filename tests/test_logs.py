@@ -8,6 +8,7 @@ import logging
 import re
 import time
 from pathlib import Path
+from typing import Dict, Tuple
 
 import pytest
 
@@ -98,13 +99,19 @@ def test_shipper_does_not_block_and_counts_every_drop_while_fluentd_is_down() ->
     assert set(drops) <= {"queue_full", "send_failed", "shutdown"}
 
 
-def test_shipper_delivers_records_unchanged() -> None:
+def _shipper_to_receiver() -> Tuple[FluentShipper, ForwardReceiver, Dict[str, int]]:
+    """A shipper (tag ``torchserve``) to a fresh test receiver, and the drops it reports."""
     port = free_port()
     receiver = ForwardReceiver(port)
-    drops: dict = {}
+    drops: Dict[str, int] = {}
     shipper = FluentShipper(
         "127.0.0.1", port, "torchserve", 100, 1 << 20, lambda r, n: drops.update({r: n})
     )
+    return shipper, receiver, drops
+
+
+def test_shipper_delivers_records_unchanged() -> None:
+    shipper, receiver, drops = _shipper_to_receiver()
     records = [
         {"request_id": f"r{i}", "duration_ms": 1.5, "nested": {"a": [1, 2]}} for i in range(30)
     ]
@@ -311,12 +318,7 @@ def test_values_msgpack_cannot_pack_are_shipped_as_the_json_line_has_them() -> N
     import datetime
     import uuid
 
-    port = free_port()
-    receiver = ForwardReceiver(port)
-    drops: dict = {}
-    shipper = FluentShipper(
-        "127.0.0.1", port, "torchserve", 100, 1 << 20, lambda r, n: drops.update({r: n})
-    )
+    shipper, receiver, drops = _shipper_to_receiver()
     when = datetime.datetime(2026, 11, 27, 12, 0, 1, 123456, tzinfo=datetime.timezone.utc)
     record = {"event": "user line", "when": when, "id": uuid.UUID(int=7), "obj": object}
     shipper.ship(record)

@@ -28,7 +28,7 @@ from handler_mixins.testing import (
 )
 from obs.exporter import MetricsSource
 from obs.gpu import GpuMemory, IntervalSampler
-from tests.support.traffic import Samples, parse_samples, total
+from tests.support.traffic import Samples, growth, parse_samples, total
 
 pytestmark = pytest.mark.torchserve
 
@@ -64,6 +64,12 @@ def samples(metrics_dir: Path) -> Samples:
     return parse_samples(MetricsSource(metrics_dir).render("")[0].decode())
 
 
+def printed_lines(capsys: pytest.CaptureFixture) -> List[dict]:
+    """The JSON lines printed since the last ``capsys.readouterr()``."""
+    out = capsys.readouterr().out
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
 def batch(*bodies: bytes, headers: Dict[str, str] = None) -> List[dict]:
     return [wire_request(f"req-{i}-{hash(b)}", b, headers) for i, b in enumerate(bodies)]
 
@@ -89,9 +95,7 @@ def test_counts_and_one_completion_line_per_request(services, metrics_dir: Path,
     after = samples(metrics_dir)
 
     def delta(name: str, **labels: str) -> float:
-        return total(after, name, model_name=MODEL_NAME, **labels) - total(
-            before, name, model_name=MODEL_NAME, **labels
-        )
+        return growth(before, after, name, model_name=MODEL_NAME, **labels)
 
     assert delta("tsobs_requests_total", outcome="success") == 2
     assert delta("tsobs_requests_total", outcome="client_error") == 1
@@ -100,9 +104,7 @@ def test_counts_and_one_completion_line_per_request(services, metrics_dir: Path,
     for stage in ("preprocess", "inference", "postprocess", "handle"):
         assert delta("tsobs_stage_duration_seconds_count", stage=stage) == 1
 
-    lines = [
-        json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")
-    ]
+    lines = printed_lines(capsys)
     done = [r for r in lines if r["event"] == "request_completed"]
     assert [r["request_id"] for r in done] == [r["requestId"].decode() for r in requests]
     assert [r["status"] for r in done] == [200, 400, 200]
@@ -118,19 +120,10 @@ def test_a_failing_stage_is_logged_once_counted_and_reraised(
     assert b"Prediction failed" in response
     after = samples(metrics_dir)
     labels = {"model_name": MODEL_NAME, "stage": "preprocess", "exception": "RuntimeError"}
-    assert (
-        total(after, "tsobs_errors_total", **labels) - total(before, "tsobs_errors_total", **labels)
-        == 1
-    )
-    failed = total(after, "tsobs_requests_total", model_name=MODEL_NAME, outcome="server_error")
-    assert (
-        failed
-        - total(before, "tsobs_requests_total", model_name=MODEL_NAME, outcome="server_error")
-        == 2
-    )
-    lines = [
-        json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")
-    ]
+    assert growth(before, after, "tsobs_errors_total", **labels) == 1
+    failed = {"model_name": MODEL_NAME, "outcome": "server_error"}
+    assert growth(before, after, "tsobs_requests_total", **failed) == 2
+    lines = printed_lines(capsys)
     errors = [r for r in lines if r["event"] == "batch_failed"]
     assert len(errors) == 1
     assert errors[0]["stage"] == "preprocess" and "Traceback" in errors[0]["exception"]
@@ -151,8 +144,7 @@ def test_instrumentation_failure_is_contained_and_counted(
     requests = batch(GOOD, b"[1, 2]")
     assert predict(services[MODEL_NAME], requests) == predict(services[PLAIN_MODEL_NAME], requests)
     after = samples(metrics_dir)
-    counted = total(after, "tsobs_internal_errors_total", component="finish")
-    assert counted - total(before, "tsobs_internal_errors_total", component="finish") == 1
+    assert growth(before, after, "tsobs_internal_errors_total", component="finish") == 1
 
 
 def test_logs_from_user_code_carry_the_batch_context(
@@ -179,9 +171,7 @@ def test_logs_from_user_code_carry_the_batch_context(
 
     with_requests(context, [{"x-request-id": "abc"}])
     handler.handle([{"body": [1, 2, 3, 4]}], context)
-    lines = [
-        json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")
-    ]
+    lines = printed_lines(capsys)
     by_event = {r["event"]: r for r in lines}
     for event in ("preprocessing", "stdlib says hi"):
         record = by_event[event]
@@ -268,14 +258,8 @@ def test_a_handle_override_calling_super_is_observed_once(
     assert all(a["wrapped"] for a in answers) and len(answers) == 2
     after = samples(metrics_dir)
     labels = {"model_name": MODEL_NAME, "outcome": "success"}
-    assert (
-        total(after, "tsobs_requests_total", **labels)
-        - total(before, "tsobs_requests_total", **labels)
-        == 2
-    )
-    lines = [
-        json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")
-    ]
+    assert growth(before, after, "tsobs_requests_total", **labels) == 2
+    lines = printed_lines(capsys)
     assert [r["batch_index"] for r in lines if r["event"] == "request_completed"] == [0, 1]
 
 
@@ -346,14 +330,8 @@ def test_a_prediction_exception_subclass_keeps_its_status(
     assert b"try later" in response  # what TorchServe answers, with status 429
     after = samples(metrics_dir)
     labels = {"model_name": MODEL_NAME, "outcome": "client_error"}
-    assert (
-        total(after, "tsobs_requests_total", **labels)
-        - total(before, "tsobs_requests_total", **labels)
-        == 1
-    )
-    lines = [
-        json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")
-    ]
+    assert growth(before, after, "tsobs_requests_total", **labels) == 1
+    lines = printed_lines(capsys)
     assert [r["status"] for r in lines if r["event"] == "request_completed"] == [429]
 
 

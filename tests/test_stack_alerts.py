@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.parse
@@ -32,6 +30,7 @@ from obs import stack
 from obs.generate import rules
 from obs.services import http_get
 from obs.traffic import json_request, predict
+from tests.support.cli import run_cli
 from tests.support.traffic import wait_for
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.torchserve]
@@ -77,12 +76,6 @@ class Webhook:
         self.server.server_close()
 
 
-def _run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "obs.cli", *args], capture_output=True, text=True, timeout=300
-    )
-
-
 @pytest.fixture(scope="module")
 def rules_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("generated")
@@ -99,7 +92,7 @@ def rules_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
             }
         )
     )
-    result = _run_cli("generate", "--config", str(config), "--out", str(out))
+    result = run_cli("generate", "--config", str(config), "--out", str(out))
     assert result.returncode == 0, result.stdout + result.stderr
     rules = yaml.safe_load((out / "alerts" / "torchserve-obs.rules.yml").read_text())
     fors = {r["alert"]: r.get("for") for g in rules["groups"] for r in g["rules"] if "alert" in r}
@@ -119,7 +112,7 @@ def native_stack(
     tmp_path_factory: pytest.TempPathFactory, rules_dir: Path, webhook: Webhook
 ) -> Iterator[stack.State]:
     state_dir = tmp_path_factory.mktemp("stack")
-    up = _run_cli(
+    up = run_cli(
         "stack",
         "up",
         "--state-dir",
@@ -142,7 +135,7 @@ def native_stack(
         assert state is not None
         yield state
     finally:
-        down = _run_cli("stack", "down", "--state-dir", str(state_dir))
+        down = run_cli("stack", "down", "--state-dir", str(state_dir))
         assert down.returncode == 0 or "nothing to stop" in down.stderr, down.stderr
     for name, started in state.services.items():
         assert not stack.is_running(started), f"{name} still runs after stack down"

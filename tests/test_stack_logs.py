@@ -7,8 +7,6 @@ a real Fluentd (``FLUENTD``), and no Elasticsearch: Fluentd writes local JSON-li
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Dict, List
 
@@ -17,16 +15,11 @@ import pytest
 from handler_mixins.example.build import MODEL_NAME
 from obs import stack
 from obs.traffic import json_request, send_all
+from tests.support.cli import run_cli
 from tests.support.fluentd import BINARY, requires_fluentd
 from tests.support.traffic import wait_for
 
 pytestmark = [pytest.mark.torchserve, pytest.mark.prometheus, requires_fluentd]
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "obs.cli", *args], capture_output=True, text=True, timeout=300
-    )
 
 
 def shipped(out: Path) -> List[Dict]:

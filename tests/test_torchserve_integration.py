@@ -22,7 +22,7 @@ from handler_mixins.example.build import MODEL_NAME, PLAIN_MODEL_NAME
 from obs import ledger
 from obs.traffic import Request, Response, json_log_lines, json_request, predict, send_all
 from tests.conftest import start_exporter, start_torchserve
-from tests.support.traffic import completions, scrape, total, wait_for
+from tests.support.traffic import completions, growth, scrape, total, wait_for
 
 pytestmark = pytest.mark.torchserve
 
@@ -90,28 +90,10 @@ def test_outputs_counts_and_completion_lines(torchserve, exporter) -> None:
     after = scrape(exporter.metrics_url)
     for status, outcome in OUTCOME_OF_STATUS.items():
         sent = statuses[status]
-        counted = total(after, REQUESTS, model_name=MODEL_NAME, outcome=outcome) - total(
-            before, REQUESTS, model_name=MODEL_NAME, outcome=outcome
-        )
+        counted = growth(before, after, REQUESTS, model_name=MODEL_NAME, outcome=outcome)
         assert counted == sent, f"{outcome}: counted {counted}, sent {sent}"
-    errors = total(
-        after,
-        "tsobs_errors_total",
-        model_name=MODEL_NAME,
-        stage="preprocess",
-        exception="RuntimeError",
-    )
-    assert (
-        errors
-        - total(
-            before,
-            "tsobs_errors_total",
-            model_name=MODEL_NAME,
-            stage="preprocess",
-            exception="RuntimeError",
-        )
-        == 5
-    )
+    failed = {"model_name": MODEL_NAME, "stage": "preprocess", "exception": "RuntimeError"}
+    assert growth(before, after, "tsobs_errors_total", **failed) == 5
 
     # (c) one completion line per response, with the IDs the client sent
     ids = {r.request_id for r in observed}
@@ -211,9 +193,7 @@ def test_worker_kill_counts_every_request_once_and_bounds_the_metrics_directory(
     end = scrape(exporter.metrics_url)
 
     def delta(name: str, **labels: str) -> float:
-        return total(end, name, model_name=MODEL_NAME, **labels) - total(
-            start, name, model_name=MODEL_NAME, **labels
-        )
+        return growth(start, end, name, model_name=MODEL_NAME, **labels)
 
     statuses = Counter(r.status for r in sent if not _worker_died(r))
     print(
@@ -297,9 +277,7 @@ def test_a_worker_killed_while_loading_counts_as_a_start_and_a_failed_load(
         )
 
         def delta(name: str, **labels: str) -> float:
-            return total(end, name, model_name=MODEL_NAME, **labels) - total(
-                start, name, model_name=MODEL_NAME, **labels
-            )
+            return growth(start, end, name, model_name=MODEL_NAME, **labels)
 
         assert delta("tsobs_worker_starts_total") == 2  # the one killed loading, and the next
         assert delta("tsobs_model_loads_total", outcome="server_error") == 1

@@ -16,7 +16,7 @@ from obs.generate import links, rules
 from obs.generate import torchserve as ts
 from obs.generate.config import durations_seconds
 from obs.generate.promql import RECORDED, TORCHSERVE, Queries
-from obs.signals import Label, Metrics, Stage
+from obs.signals import Label, Metrics, MetricSpec, Stage
 
 GPU = "gpu"
 """``PanelSpec.needs``: the panel shows data only on hosts with an NVIDIA GPU."""
@@ -103,6 +103,21 @@ def _legend(labels: Sequence[str]) -> str:
     return " ".join(f"{{{{{label}}}}}" for label in labels)
 
 
+def _counted(
+    q: Queries,
+    spec: MetricSpec,
+    by: Tuple[str, ...],
+    labels: Tuple[str, ...],
+    like: str,
+    per_model: bool = True,
+) -> Query:
+    """Rate of one of our counters by ``by`` and ``labels``, 0 for each ``by`` group of
+    ``like`` where it has no series yet: the panel reads 0, not No data, while nothing happened."""
+    keys = by + labels
+    rated = q.sum_rate(q.exp(spec, per_model=per_model), keys)
+    return Query(q.or_zero(rated, like, on=by), _legend(keys))
+
+
 class Alerts:
     """The alerts as configured: thresholds (after overrides) and runbook URLs."""
 
@@ -142,6 +157,15 @@ class _Panels:
 
     def timeseries(self, title: str, unit: str, *queries: Query, **kw: Any) -> PanelSpec:
         return self.panel(title, "timeseries", unit, *queries, **kw)
+
+    def heatmap(
+        self, title: str, unit: str, spec: MetricSpec, extra: str = "", **kw: Any
+    ) -> PanelSpec:
+        """Observations per second by bucket of one of our histograms, all selected models
+        together: the series carry only ``le``, so they link to no model."""
+        rated = self.q.sum_rate(self.q.exp(spec, "bucket", extra=extra), ("le",))
+        query = Query(rated, "{{le}}", heatmap=True)
+        return self.panel(title, "heatmap", unit, query, series_model="", **kw)
 
     def alert_steps(self, name: str) -> Steps:
         return above(self.alerts.threshold(name))
@@ -198,13 +222,11 @@ class _Panels:
 
     def lost(self) -> PanelSpec:
         q, by = self.q, self.by
-        keys = by + (Label.LOST_REASON,)
-        rated = q.sum_rate(q.exp(Metrics.REQUESTS_LOST), keys)
         total = q.sum_rate(q.exp(Metrics.REQUESTS), by)
         return self.timeseries(
             "Requests lost with their worker",
             "reqps",
-            Query(q.or_zero(rated, total, on=by), _legend(keys)),
+            _counted(q, Metrics.REQUESTS_LOST, by, (Label.LOST_REASON,), total),
             description="Requests in a batch whose worker process died before answering "
             '(TorchServe answered "Worker died."); also counted as server errors. 0 when '
             "none were lost.",
@@ -215,13 +237,11 @@ class _Panels:
 
     def exceptions(self) -> PanelSpec:
         q, by = self.q, self.by
-        exc = by + (Label.STAGE, Label.EXCEPTION)
-        rated = q.sum_rate(q.exp(Metrics.ERRORS), exc)
         total = q.sum_rate(q.exp(Metrics.REQUESTS), by)
         return self.timeseries(
             "Handler exceptions by stage",
             "ops",
-            Query(q.or_zero(rated, total, on=by), _legend(exc)),
+            _counted(q, Metrics.ERRORS, by, (Label.STAGE, Label.EXCEPTION), total),
             description="Exceptions raised by the handler per second, by stage and exception "
             "class (a bounded set, else other). 0 while nothing raises.",
             action="Open the logs for the model (panel link): batch_failed lines carry the "
@@ -278,27 +298,15 @@ class _Panels:
         q, by = self.q, self.by
         return (
             self.stage_latency(),
-            self.panel(
+            self.heatmap(
                 "Handle latency distribution",
-                "heatmap",
                 "s",
-                Query(
-                    q.sum_rate(
-                        q.exp(
-                            Metrics.STAGE_DURATION,
-                            "bucket",
-                            extra=f'{Label.STAGE}="{Stage.HANDLE}"',
-                        ),
-                        ("le",),
-                    ),
-                    "{{le}}",
-                    heatmap=True,
-                ),
+                Metrics.STAGE_DURATION,
+                f'{Label.STAGE}="{Stage.HANDLE}"',
                 description="Batches per second by handle duration bucket (seconds), all "
                 "selected models together.",
                 action="Two bands mean two populations (a slow version, a slow input "
                 "size, a cold worker): split by version on the model dashboard.",
-                series_model="",
                 width=12,
             ),
             self.timeseries(
@@ -412,20 +420,14 @@ class _Panels:
                 action="Low while queue latency is high: workers are too many for the "
                 "traffic; low and fast: max_batch_delay expires first, which is fine.",
             ),
-            self.panel(
+            self.heatmap(
                 "Batch size distribution",
-                "heatmap",
                 "short",
-                Query(
-                    q.sum_rate(q.exp(Metrics.BATCH_SIZE, "bucket"), ("le",)),
-                    "{{le}}",
-                    heatmap=True,
-                ),
+                Metrics.BATCH_SIZE,
                 description="Batches per second by size bucket (requests per batch), all "
                 "selected models together.",
                 action="Compare with the configured batch_size: a band at the maximum means "
                 "the model could use larger batches or more workers.",
-                series_model="",
             ),
         )
 
@@ -599,23 +601,16 @@ def _host(cfg: Mapping[str, Any]) -> Tuple[PanelSpec, ...]:
     host = q.host_by
     legend = _legend(host)
 
-    def smoothed(metric: str, by: Tuple[str, ...]) -> str:
-        return (
-            f"avg {q.by(by)} (avg_over_time("
-            f"{q.sel(metric, TORCHSERVE, per_model=False)}[{HOST_SMOOTHING}]))"
-        )
-
     def gauge(metric: str) -> str:
         return f"max {q.by(host)} ({q.sel(metric, TORCHSERVE, per_model=False)})"
 
-    device = host + (Label.DEVICE,)
     memory, disk = "TorchServeHostMemoryPressure", "TorchServeHostDiskPressure"
     gpu_full, gpu_idle = "TorchServeGPUMemoryNearFull", "TorchServeGPUUnderutilized"
     return (
         p.timeseries(
             "Host memory",
             "percent",
-            Query(smoothed(ts.MEMORY_UTILIZATION, host), legend),
+            Query(q.host_average(ts.MEMORY_UTILIZATION, host, HOST_SMOOTHING), legend),
             description="Memory in use on each TorchServe host, in percent, as TorchServe "
             f"samples it once a minute, averaged over {HOST_SMOOTHING}. Red from the "
             f"{memory} threshold.",
@@ -637,7 +632,7 @@ def _host(cfg: Mapping[str, Any]) -> Tuple[PanelSpec, ...]:
         p.timeseries(
             "Disk utilisation",
             "percent",
-            Query(smoothed(ts.DISK_UTILIZATION, host), legend),
+            Query(q.host_average(ts.DISK_UTILIZATION, host, HOST_SMOOTHING), legend),
             description="Disk in use on each TorchServe host's root file system, in "
             f"percent, averaged over {HOST_SMOOTHING}. Red from the {disk} threshold.",
             action="Logs and model archives fill it: rotate logs/ and clean the model store.",
@@ -647,11 +642,7 @@ def _host(cfg: Mapping[str, Any]) -> Tuple[PanelSpec, ...]:
         p.timeseries(
             "GPU memory in use",
             "percentunit",
-            Query(
-                f"max {q.by(device)} ({q.exp(Metrics.GPU_MEMORY_USED, per_model=False)})\n/\n"
-                f"max {q.by(device)} ({q.exp(Metrics.GPU_MEMORY_TOTAL, per_model=False)})",
-                f"{legend} {{{{device}}}}",
-            ),
+            Query(q.gpu_memory_used_ratio(host), f"{legend} {{{{device}}}}"),
             description="Share of each GPU's memory in use by all processes "
             f"(cudaMemGetInfo). Red from the {gpu_full} threshold.",
             action="Near full: the next large batch may fail with CUDA out of memory; see GPU "
@@ -664,7 +655,7 @@ def _host(cfg: Mapping[str, Any]) -> Tuple[PanelSpec, ...]:
             "GPU utilisation",
             "percent",
             Query(
-                smoothed(ts.GPU_UTILIZATION, host + ("DeviceId",)),
+                q.host_average(ts.GPU_UTILIZATION, host + ("DeviceId",), HOST_SMOOTHING),
                 f"{legend} GPU {{{{DeviceId}}}}",
             ),
             description="Busy time of each GPU in percent, sampled by TorchServe once a "
@@ -685,9 +676,8 @@ def _pipeline(cfg: Mapping[str, Any]) -> Tuple[PanelSpec, ...]:
     host = q.host_by
     exporters = f"sum {q.by(host)} ({q.sel('up', 'exporter', per_model=False)})"
 
-    def counted(spec: Any, label: str) -> Query:
-        rated = q.sum_rate(q.exp(spec, per_model=False), host + (label,))
-        return Query(q.or_zero(rated, exporters, on=host), _legend(host + (label,)))
+    def counted(spec: MetricSpec, label: str) -> Query:
+        return _counted(q, spec, host, (label,), exporters, per_model=False)
 
     http_5xx = "TorchServeHTTPErrorRatioHigh"
     return (

@@ -204,6 +204,19 @@ class Queries:
         requests = self.sum_rate(self.sel(ts.INFERENCE_REQUESTS, TORCHSERVE), labels, window)
         return f"{spent}\n/\n{requests}\n/ 1e6"
 
+    def host_average(self, gauge: str, labels: Sequence[str], window: str) -> str:
+        """A TorchServe host gauge averaged over ``window``: it is sampled once a minute and
+        jumps, so alerts and panels read its average."""
+        sampled = self.sel(gauge, TORCHSERVE, per_model=False)
+        return f"avg {self.by(labels)} (avg_over_time({sampled}[{window}]))"
+
+    def gpu_memory_used_ratio(self, labels: Sequence[str]) -> str:
+        """Share of each GPU's memory in use by all processes; ``labels`` without ``device``."""
+        by = self.by(tuple(labels) + (Label.DEVICE,))
+        used = self.exp(Metrics.GPU_MEMORY_USED, per_model=False)
+        total = self.exp(Metrics.GPU_MEMORY_TOTAL, per_model=False)
+        return f"max {by} ({used})\n/\nmax {by} ({total})"
+
     def quantile(self, q: float, spec: MetricSpec, labels: Sequence[str], extra: str = "") -> str:
         """``histogram_quantile`` of one of our histograms, grouped by ``labels``."""
         rated = self.sum_rate(self.exp(spec, "bucket", extra=extra), tuple(labels) + ("le",))

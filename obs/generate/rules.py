@@ -297,6 +297,20 @@ def builtin_alerts(cfg: Mapping[str, Any]) -> List[AlertSpec]:
             expr=lambda _t: _burn(cfg, ratio, objective, speed),
         )
 
+    def down(job: str, selector: str, severity: str, summary: str, effect: str) -> AlertSpec:
+        return AlertSpec(
+            name=f"{job}Down",
+            group=GROUP_SERVICE,
+            severity=severity,
+            for_="5m",
+            summary=summary,
+            description=(
+                "Target {{ $labels.instance }} of job {{ $labels.job }} has been down for 5 "
+                f"minutes: {effect}."
+            ),
+            expr=lambda _t: f"up{{{selector}}} == 0",
+        )
+
     def absent(job: str, selector: str, severity: str) -> AlertSpec:
         return AlertSpec(
             name=f"{job}Missing",
@@ -312,31 +326,38 @@ def builtin_alerts(cfg: Mapping[str, Any]) -> List[AlertSpec]:
             expr=lambda _t: f"absent(up{{{selector}}})",
         )
 
-    return [
-        AlertSpec(
-            name="TorchServeTargetDown",
-            group=GROUP_SERVICE,
-            severity="critical",
-            for_="5m",
-            summary="Prometheus cannot scrape TorchServe's metrics endpoint.",
+    def pressure(resource: str, gauge: str, running_out_of: str, effect: str) -> AlertSpec:
+        return AlertSpec(
+            name=f"TorchServeHost{resource}Pressure",
+            group=GROUP_RESOURCES,
+            severity="warning",
+            for_="15m",
+            threshold=90.0,
+            summary=f"A TorchServe host is running out of {running_out_of}.",
             description=(
-                "Target {{ $labels.instance }} of job {{ $labels.job }} has been down for 5 "
-                "minutes: TorchServe is not running or metrics_mode is not prometheus."
+                f"{resource} utilisation of TorchServe host {{{{ $labels.instance }}}} averaged "
+                f"{{{{ $value | humanize }}}}% over {HOST_SMOOTHING}: {effect}."
             ),
-            expr=lambda _t: f"up{{{cfg['torchserve_selector']}}} == 0",
+            expr=lambda t: (
+                q.host_average(gauge, q.instance_by, HOST_SMOOTHING) + f" > {num(t or 0)}"
+            ),
+        )
+
+    return [
+        down(
+            "TorchServeTarget",
+            cfg["torchserve_selector"],
+            "critical",
+            "Prometheus cannot scrape TorchServe's metrics endpoint.",
+            "TorchServe is not running or metrics_mode is not prometheus",
         ),
         absent("TorchServeTarget", cfg["torchserve_selector"], "critical"),
-        AlertSpec(
-            name="TorchServeObsExporterDown",
-            group=GROUP_SERVICE,
-            severity="warning",
-            for_="5m",
-            summary="Prometheus cannot scrape the torchserve-obs exporter.",
-            description=(
-                "Target {{ $labels.instance }} of job {{ $labels.job }} has been down for 5 "
-                "minutes: handler metrics, and the alerts built on them, are blind."
-            ),
-            expr=lambda _t: f"up{{{cfg['exporter_selector']}}} == 0",
+        down(
+            "TorchServeObsExporter",
+            cfg["exporter_selector"],
+            "warning",
+            "Prometheus cannot scrape the torchserve-obs exporter.",
+            "handler metrics, and the alerts built on them, are blind",
         ),
         absent("TorchServeObsExporter", cfg["exporter_selector"], "warning"),
         AlertSpec(
@@ -523,12 +544,7 @@ def builtin_alerts(cfg: Mapping[str, Any]) -> List[AlertSpec]:
                 "{{ $value | humanizePercentage }} of its memory in use: the next large batch "
                 "may fail with CUDA out of memory."
             ),
-            expr=lambda t: (
-                f"max {q.by(q.instance_by + (Label.DEVICE,))} "
-                f"({q.exp(Metrics.GPU_MEMORY_USED, per_model=False)})\n/\n"
-                f"max {q.by(q.instance_by + (Label.DEVICE,))} "
-                f"({q.exp(Metrics.GPU_MEMORY_TOTAL, per_model=False)})\n> {num(t or 0)}"
-            ),
+            expr=lambda t: f"{q.gpu_memory_used_ratio(q.instance_by)}\n> {num(t or 0)}",
         ),
         AlertSpec(
             name="TorchServeGPUUnderutilized",
@@ -543,47 +559,22 @@ def builtin_alerts(cfg: Mapping[str, Any]) -> List[AlertSpec]:
                 "fewer GPUs would do."
             ),
             expr=lambda t: (
-                f"avg {q.by(q.instance_by)} (avg_over_time("
-                f"{q.sel(ts.GPU_UTILIZATION, TORCHSERVE, per_model=False)}[{GPU_IDLE_WINDOW}]))"
+                f"{q.host_average(ts.GPU_UTILIZATION, q.instance_by, GPU_IDLE_WINDOW)}"
                 f" < {num(t or 0)}\nand on ({', '.join(q.instance_by)})\n"
                 f"{q.sum_rate(inference, q.instance_by, GPU_IDLE_WINDOW)} >= {min_rate}"
             ),
         ),
-        AlertSpec(
-            name="TorchServeHostMemoryPressure",
-            group=GROUP_RESOURCES,
-            severity="warning",
-            for_="15m",
-            threshold=90.0,
-            summary="A TorchServe host is running out of memory.",
-            description=(
-                "Memory utilisation of TorchServe host {{ $labels.instance }} averaged "
-                "{{ $value | humanize }}% over " + HOST_SMOOTHING + ": workers risk being "
-                "killed by the OOM killer."
-            ),
-            expr=lambda t: (
-                f"avg {q.by(q.instance_by)} (avg_over_time("
-                f"{q.sel(ts.MEMORY_UTILIZATION, TORCHSERVE, per_model=False)}[{HOST_SMOOTHING}]))"
-                f" > {num(t or 0)}"
-            ),
+        pressure(
+            "Memory",
+            ts.MEMORY_UTILIZATION,
+            "memory",
+            "workers risk being killed by the OOM killer",
         ),
-        AlertSpec(
-            name="TorchServeHostDiskPressure",
-            group=GROUP_RESOURCES,
-            severity="warning",
-            for_="15m",
-            threshold=90.0,
-            summary="A TorchServe host is running out of disk space.",
-            description=(
-                "Disk utilisation of TorchServe host {{ $labels.instance }} averaged "
-                "{{ $value | humanize }}% over " + HOST_SMOOTHING + ": logs and model archives "
-                "will soon fail to write."
-            ),
-            expr=lambda t: (
-                f"avg {q.by(q.instance_by)} (avg_over_time("
-                f"{q.sel(ts.DISK_UTILIZATION, TORCHSERVE, per_model=False)}[{HOST_SMOOTHING}]))"
-                f" > {num(t or 0)}"
-            ),
+        pressure(
+            "Disk",
+            ts.DISK_UTILIZATION,
+            "disk space",
+            "logs and model archives will soon fail to write",
         ),
         AlertSpec(
             name="TorchServeObsLogRecordsDropped",
@@ -685,10 +676,7 @@ def alert_rules(cfg: Mapping[str, Any]) -> Dict[str, List[Dict[str, Any]]]:
         rule = _apply(spec, cfg["alerts"].get(spec.name, {}))
         if rule is None:
             continue
-        rule["annotations"].setdefault(
-            "runbook_url",
-            cfg["runbook_url_pattern"].format(alert=spec.name, alert_lower=spec.name.lower()),
-        )
+        rule["annotations"].setdefault("runbook_url", runbook_url(cfg, spec.name))
         groups.setdefault(spec.group, []).append(rule)
     return groups
 

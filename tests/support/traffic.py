@@ -32,6 +32,11 @@ def total(samples: Samples, name: str, **labels: str) -> float:
     return sum(v for (n, ls), v in samples.items() if n == name and wanted <= set(ls))
 
 
+def growth(before: Samples, after: Samples, name: str, **labels: str) -> float:
+    """How much :func:`total` grew between two scrapes: what the test's own requests added."""
+    return total(after, name, **labels) - total(before, name, **labels)
+
+
 def wait_for(condition: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
     """Poll until ``condition()`` is truthy and return it; fail with ``what`` otherwise."""
     deadline = time.monotonic() + timeout
