@@ -19,10 +19,10 @@ import threading
 import time
 import types
 from contextvars import ContextVar
-from typing import Any, Callable, Dict, List, Optional, Sequence, TypeVar
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 from obs import heartbeat, ledger, logs, mpvalue
-from obs.context import ID_FIELDS, RequestIds, bind_batch, reset_batch
+from obs.context import RequestIds, bind_batch, reset_batch
 from obs.gpu import IntervalSampler, read_cuda_memory
 from obs.metrics import ModelInstruments, ProcessInstruments, use_memory_only, use_multiprocess_dir
 from obs.settings import MULTIPROC_DIR_ENV, Problem, Settings, report
@@ -88,6 +88,16 @@ def outcome_for_status(status: int) -> str:
 
 
 _OUTCOME_INDEX = {outcome: index for index, outcome in enumerate(Outcome.ALL)}
+
+
+def _outcome_entry(status: int) -> Tuple[str, int]:
+    """A status's outcome and that outcome's index in the ledger's counts."""
+    outcome = outcome_for_status(status)
+    return outcome, _OUTCOME_INDEX[outcome]
+
+
+_OUTCOME_OF_STATUS = {status: _outcome_entry(status) for status in range(100, 600)}
+"""The usual statuses' entries, looked up per request instead of computed."""
 _batch_numbers = itertools.count(1)
 """Process-wide: batch IDs are keys of the process's one ledger, whatever the handler."""
 
@@ -163,6 +173,16 @@ class Observer:
         self._log = logs.get_logger(
             model_name=self.model, model_version=self.version, worker=self.worker
         )
+        self._completion_fields: Dict[str, Any] = {
+            Field.TIMESTAMP: None,
+            Field.LEVEL: "info",
+            Field.LOGGER: logs.LOGGER_NAME,
+            Field.EVENT: "request_completed",
+            Field.MODEL: self.model,
+            Field.VERSION: self.version,
+            Field.WORKER: self.worker,
+        }
+        """What every ``request_completed`` line of this handler has in common, in line order."""
         wrap_stages(handler)
 
     def _gpu_sampler(self, handler: Any) -> Optional[IntervalSampler]:
@@ -301,10 +321,12 @@ class Observer:
         handle_seconds = time.perf_counter() - batch.started
         batch.stage_seconds[Stage.HANDLE] = handle_seconds
         statuses = self._statuses(batch, context, result, error)
-        outcomes = [outcome_for_status(s) for s in statuses]
+        outcomes = []
         counts = batch.counts = [0, 0, 0]
-        for outcome in outcomes:
-            counts[_OUTCOME_INDEX[outcome]] += 1
+        for status in statuses:
+            outcome, index = _OUTCOME_OF_STATUS.get(status) or _outcome_entry(status)
+            outcomes.append(outcome)
+            counts[index] += 1
         metrics = self.metrics
         metrics.observe_batch(batch.stage_seconds, batch.size, batch.size / self.max_batch_size)
         if error is not None:
@@ -332,22 +354,22 @@ class Observer:
         ]
 
     def _write_completions(self, batch: _Batch, statuses: List[int], outcomes: List[str]) -> None:
-        common = {
-            Field.TIMESTAMP: logs.iso_timestamp(),
-            Field.LEVEL: "info",
-            Field.LOGGER: logs.LOGGER_NAME,
-            Field.EVENT: "request_completed",
-            **batch.fields,
-        }
-        del common[Field.REQUEST_IDS]
+        common = self._completion_fields.copy()
+        common[Field.TIMESTAMP] = logs.iso_timestamp()
+        common[Field.BATCH_ID] = batch.fields[Field.BATCH_ID]
+        common[Field.BATCH_SIZE] = batch.size
         for stage, seconds in batch.stage_seconds.items():
-            common[STAGE_FIELDS[stage]] = logs.milliseconds(seconds)
+            common[STAGE_FIELDS[stage]] = int(seconds * 1e6 + 0.5) / 1000  # logs.milliseconds
         records = []
-        for index, ids in enumerate(batch.ids):
+        for index, (request_id, client_request_id, trace_id, span_id) in enumerate(batch.ids):
             record: Dict[str, Any] = {Field.BATCH_INDEX: index}
-            for name, value in zip(ID_FIELDS, ids):
-                if value is not None:
-                    record[name] = value
+            if request_id is not None:
+                record[Field.REQUEST_ID] = request_id
+            if client_request_id is not None:
+                record[Field.CLIENT_REQUEST_ID] = client_request_id
+            if trace_id is not None:
+                record[Field.TRACE_ID] = trace_id
+                record[Field.SPAN_ID] = span_id
             record[Field.OUTCOME] = outcomes[index]
             record[Field.STATUS] = statuses[index]
             records.append(record)
@@ -437,7 +459,8 @@ def _timed_stage(handler: Any, stage: str, method: Callable[..., Any]) -> Callab
         if batch is not None:
             if failed and batch.failed_stage is None:
                 batch.failed_stage = stage
-            batch.stage_seconds[stage] = batch.stage_seconds.get(stage, 0.0) + clock() - started
+            seconds = batch.stage_seconds
+            seconds[stage] = seconds.get(stage, 0.0) + clock() - started
 
     if inspect.iscoroutinefunction(method):
 
@@ -445,28 +468,30 @@ def _timed_stage(handler: Any, stage: str, method: Callable[..., Any]) -> Callab
         async def timed_async(*args: Any, **kwargs: Any) -> Any:
             batch = _batch_of(handler)
             started = clock()
-            failed = True
             try:
                 result = await method(*args, **kwargs)
-                failed = False
-                return result
-            finally:
-                account(batch, started, failed)
+            except BaseException:
+                account(batch, started, True)
+                raise
+            account(batch, started, False)
+            return result
 
         setattr(timed_async, _WRAPPED, True)
         return timed_async
 
     @functools.wraps(method)
     def timed(*args: Any, **kwargs: Any) -> Any:
-        batch = _batch_of(handler)
+        batch = _current_batch.get() or _batch_of(handler)
         started = clock()
-        failed = True
         try:
             result = method(*args, **kwargs)
-            failed = False
-            return result
-        finally:
-            account(batch, started, failed)
+        except BaseException:
+            account(batch, started, True)
+            raise
+        if batch is not None:  # account(batch, started, False), inline on the hot path
+            seconds = batch.stage_seconds
+            seconds[stage] = seconds.get(stage, 0.0) + clock() - started
+        return result
 
     setattr(timed, _WRAPPED, True)
     return timed
@@ -512,6 +537,28 @@ def _observed_initialize(initialize: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+_Entered = Tuple["Observer", Optional[_Batch], Any]
+
+
+def _enter(handler: Any, data: Any, context: Any) -> Optional[_Entered]:
+    """Begin observing an outermost ``handle`` call; None where it is not observed (a nested
+    ``super().handle``, or instrumentation that could not start)."""
+    if _handling.get() is handler:
+        return None
+    observer = _observer(handler, context)
+    if observer is None:
+        return None
+    batch = observer.contain("begin", observer.begin, data, context)
+    return observer, batch, _handling.set(handler)
+
+
+def _exit(entered: _Entered, context: Any, result: Any, error: Optional[BaseException]) -> None:
+    observer, batch, token = entered
+    _handling.reset(token)
+    if batch is not None:
+        observer.contain("finish", observer.finish, batch, context, result, error)
+
+
 def _observed_handle(handle: F) -> F:
     """``handle`` observed: one batch begun and finished per outermost call, also when it is
     ``async def`` (TorchServe's async worker awaits it)."""
@@ -521,46 +568,32 @@ def _observed_handle(handle: F) -> F:
         async def async_wrapper(
             self: Any, data: Any, context: Any, *args: Any, **kwargs: Any
         ) -> Any:
-            observer = None if _handling.get() is self else _observer(self, context)
-            if observer is None:
+            entered = _enter(self, data, context)
+            if entered is None:
                 return await handle(self, data, context, *args, **kwargs)
-            batch = observer.contain("begin", observer.begin, data, context)
-            token = _handling.set(self)
-            result: Any = None
-            error: Optional[BaseException] = None
             try:
                 result = await handle(self, data, context, *args, **kwargs)
-                return result
-            except BaseException as raised:
-                error = raised
+            except BaseException as error:
+                _exit(entered, context, None, error)
                 raise
-            finally:
-                _handling.reset(token)
-                if batch is not None:
-                    observer.contain("finish", observer.finish, batch, context, result, error)
+            _exit(entered, context, result, None)
+            return result
 
         setattr(async_wrapper, _WRAPPED, True)
         return async_wrapper  # type: ignore[return-value]
 
     @functools.wraps(handle)
     def wrapper(self: Any, data: Any, context: Any, *args: Any, **kwargs: Any) -> Any:
-        observer = None if _handling.get() is self else _observer(self, context)
-        if observer is None:
+        entered = _enter(self, data, context)
+        if entered is None:
             return handle(self, data, context, *args, **kwargs)
-        batch = observer.contain("begin", observer.begin, data, context)
-        token = _handling.set(self)
-        result: Any = None
-        error: Optional[BaseException] = None
         try:
             result = handle(self, data, context, *args, **kwargs)
-            return result
-        except BaseException as raised:
-            error = raised
+        except BaseException as error:
+            _exit(entered, context, None, error)
             raise
-        finally:
-            _handling.reset(token)
-            if batch is not None:
-                observer.contain("finish", observer.finish, batch, context, result, error)
+        _exit(entered, context, result, None)
+        return result
 
     setattr(wrapper, _WRAPPED, True)
     return wrapper  # type: ignore[return-value]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from contextvars import ContextVar, Token
 from types import MappingProxyType
-from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple
+from typing import Any, Dict, Mapping, NamedTuple, Optional, Set, Tuple
 
 from obs.signals import Field
 
@@ -62,19 +62,27 @@ def parse_traceparent(value: Any) -> Optional[Tuple[str, str]]:
     Invalid per the spec: upper-case hex, version ``ff``, all-zero IDs, and extra fields
     after a version ``00`` header.
     """
+    if isinstance(value, str):  # the usual header, which has nothing to clean: match it as is
+        match = _TRACEPARENT_00.match(value)
+        if match is not None:
+            return _nonzero(*match.groups())
     text = clean_value(value, limit=256)
     if text is None:
         return None
     match = _TRACEPARENT_00.match(text)
     if match is not None:
-        trace_id, span_id = match.groups()
-    else:
-        match = _TRACEPARENT.match(text)
-        if match is None:
-            return None
-        version, trace_id, span_id, _flags, rest = match.groups()
-        if version == "ff" or (version == "00" and rest):
-            return None
+        return _nonzero(*match.groups())
+    match = _TRACEPARENT.match(text)
+    if match is None:
+        return None
+    version, trace_id, span_id, _flags, rest = match.groups()
+    if version == "ff" or (version == "00" and rest):
+        return None
+    return _nonzero(trace_id, span_id)
+
+
+def _nonzero(trace_id: str, span_id: str) -> Optional[Tuple[str, str]]:
+    """The IDs, unless either is all zeros (invalid per the spec)."""
     if trace_id == _ZERO_TRACE_ID or span_id == _ZERO_SPAN_ID:
         return None
     return trace_id, span_id
@@ -82,18 +90,24 @@ def parse_traceparent(value: Any) -> Optional[Tuple[str, str]]:
 
 _CLIENT_ID, _TRACE = 1, 2
 _ROLES = {CLIENT_REQUEST_ID_HEADER: _CLIENT_ID, TRACEPARENT_HEADER: _TRACE}
-_header_roles: Dict[Any, int] = {}
-"""Each header name as clients spell it, and what it carries (0: nothing read here). The same
-names come with every request, so each spelling is lowercased once, not once per request."""
+_seen_names: Set[Any] = set()
+"""Every header name as clients spell it. The same names come with every request, so each
+spelling is lowercased once, not once per request, and names are matched by set operations
+(in C) instead of a Python loop over every header."""
+_id_names: Dict[Any, int] = {}
+"""The spellings seen that carry an ID, and which."""
 _MAX_HEADER_NAMES = 4096
 
 
-def _learn_header(name: Any) -> int:
-    role = _ROLES.get(name.lower(), 0) if isinstance(name, str) else 0
-    if len(_header_roles) >= _MAX_HEADER_NAMES:  # clients inventing names: forget, not grow
-        _header_roles.clear()
-    _header_roles[name] = role
-    return role
+def _learn_headers(names: Set[Any]) -> None:
+    if len(_seen_names) + len(names) > _MAX_HEADER_NAMES:  # clients inventing names: forget
+        _seen_names.clear()
+        _id_names.clear()
+    for name in names:
+        role = _ROLES.get(name.lower(), 0) if isinstance(name, str) else 0
+        if role:
+            _id_names[name] = role
+    _seen_names.update(names)
 
 
 class RequestIds(NamedTuple):
@@ -108,21 +122,27 @@ class RequestIds(NamedTuple):
     def from_headers(cls, request_id: Any, headers: Optional[Mapping[str, Any]]) -> RequestIds:
         """The IDs of one request; header names match whatever case the client sent."""
         client_request_id = traceparent = None
-        roles = _header_roles
-        for name, value in (headers or {}).items():
-            role = roles.get(name)
-            if role is None:
-                role = _learn_header(name)
-            if role == _CLIENT_ID:
-                client_request_id = value
-            elif role == _TRACE:
-                traceparent = value
-        trace = parse_traceparent(traceparent)
-        return cls(
-            clean_value(request_id),
-            clean_value(recover_utf8(client_request_id)),
-            trace[0] if trace else None,
-            trace[1] if trace else None,
+        if headers:
+            names = headers.keys()
+            if not names <= _seen_names:
+                _learn_headers(names - _seen_names)
+            for name, role in _id_names.items():
+                value = headers.get(name)
+                if value is None:
+                    continue
+                if role == _CLIENT_ID:
+                    client_request_id = value
+                else:
+                    traceparent = value
+        trace = parse_traceparent(traceparent) if traceparent is not None else None
+        return tuple.__new__(  # the NamedTuple's __new__ without its Python frame
+            cls,
+            (
+                clean_value(request_id),
+                clean_value(recover_utf8(client_request_id)),
+                trace[0] if trace else None,
+                trace[1] if trace else None,
+            ),
         )
 
 

@@ -10,8 +10,9 @@ keeps one small file, ``ledger_<identity>`` in the metrics directory, that holds
   batch begins;
 * whether it is loading the model.
 
-Every change is one ``pwrite`` of the whole state (no fsync: a killed process's page-cache
-writes are not lost), alternating between two slots that each carry a checksum and a
+Every change is one write of the whole state into the worker's shared memory map of the
+file (no fsync and no system call: a killed process's page-cache writes are not lost),
+alternating between two slots that each carry a checksum and a
 sequence number, so a reader always finds the last complete state, even one torn by a kill
 in the middle of the write. Finishing a batch adds its outcomes and removes it from the
 in-flight set in that one write, so a batch is either in flight or counted, never both.
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import mmap
 import os
 import struct
 import threading
@@ -49,6 +51,7 @@ SLOT_BYTES = 1 << 16
 """Room for one state; a state that would not fit drops in-flight client IDs, then IDs."""
 _HEADER = struct.Struct("<4sII")
 _MAGIC = b"TSL1"
+_MAX_PAYLOAD = SLOT_BYTES - _HEADER.size
 
 LOST_STATUS = 500
 """Status recorded for a lost request. TorchServe answers "Worker died." with 500 or 507
@@ -87,15 +90,21 @@ def empty_counts() -> Dict[str, Any]:
 
 def _encode(state: Dict[str, Any]) -> bytes:
     payload = orjson.dumps(state)
-    if len(payload) + _HEADER.size > SLOT_BYTES:  # keep the counts exact, lose detail
-        for batch in state["inflight"].values():
-            batch["r"] = [r[:1] for r in batch["r"]]
-        payload = orjson.dumps(state)
-        if len(payload) + _HEADER.size > SLOT_BYTES:
-            for batch in state["inflight"].values():
-                batch["r"] = []
-            payload = orjson.dumps(state)
+    if len(payload) > _MAX_PAYLOAD:
+        payload = _shrunk(state)
     return _HEADER.pack(_MAGIC, len(payload), zlib.crc32(payload)) + payload
+
+
+def _shrunk(state: Dict[str, Any]) -> bytes:
+    """``state`` made to fit a slot: the counts stay exact, in-flight IDs go."""
+    for batch in state["inflight"].values():
+        batch["r"] = [r[:1] for r in batch["r"]]
+    payload = orjson.dumps(state)
+    if len(payload) > _MAX_PAYLOAD:
+        for batch in state["inflight"].values():
+            batch["r"] = []
+        payload = orjson.dumps(state)
+    return payload
 
 
 def read_state(fd: int) -> Optional[Dict[str, Any]]:
@@ -122,9 +131,22 @@ def _new_state() -> Dict[str, Any]:
     return {"gen": uuid.uuid4().hex, "seq": 0, "counts": {}, "inflight": {}, "loading": None}
 
 
-def _write(fd: int, state: Dict[str, Any]) -> None:
+def _next_slot(state: Dict[str, Any]) -> Tuple[int, bytes]:
+    """Where the next version of ``state`` goes, and its bytes."""
     state["seq"] += 1
-    os.pwrite(fd, _encode(state), (state["seq"] % 2) * SLOT_BYTES)
+    return (state["seq"] % 2) * SLOT_BYTES, _encode(state)
+
+
+def _write(fd: int, state: Dict[str, Any]) -> None:
+    offset, data = _next_slot(state)
+    os.pwrite(fd, data, offset)
+
+
+def _map(fd: int) -> mmap.mmap:
+    """Both slots of a ledger, mapped shared: a write is a copy into the page cache."""
+    if os.fstat(fd).st_size < 2 * SLOT_BYTES:
+        os.ftruncate(fd, 2 * SLOT_BYTES)
+    return mmap.mmap(fd, 2 * SLOT_BYTES)
 
 
 def settle(state: Dict[str, Any], lost_lines: LostLines) -> int:
@@ -168,6 +190,11 @@ def _lock(path: Path, blocking: bool) -> Optional[int]:
         os.close(fd)  # removed (folded) while we waited for it: lock the new one
 
 
+_forks = [0]
+"""Forks this process is from its ancestors: a ledger opened before a fork is not the child's
+(compared on every write instead of ``os.getpid()``, a system call)."""
+os.register_at_fork(after_in_child=lambda: _forks.__setitem__(0, _forks[0] + 1))
+
 _owned: Dict[str, Ledger] = {}
 """Ledgers this process owns, by path. POSIX locks belong to a process, so this process must
 never open its own ledger a second time: closing that fd would drop the lock."""
@@ -182,8 +209,10 @@ class Ledger:
         self._fd = _lock(path, blocking=True)
         assert self._fd is not None
         self._pid = os.getpid()
+        self._forks = _forks[0]
         self._guard = threading.Lock()
         self.state = read_state(self._fd) or _new_state()
+        self._slots = _map(self._fd)
         self.settled: Optional[int] = None
         """Requests settled for the predecessor; None until :meth:`settle_predecessor`."""
 
@@ -196,15 +225,19 @@ class Ledger:
             settled = settle(self.state, lost_lines)
             self.settled = settled
             self.state["pid"] = self._pid
-            _write(self._fd, self.state)
+            self._commit()
             return settled
 
     def _counts(self, key: Key) -> Dict[str, Any]:
-        return self.state["counts"].setdefault(key, empty_counts())
+        counts = self.state["counts"].get(key)
+        if counts is None:
+            counts = self.state["counts"][key] = empty_counts()
+        return counts
 
     def _commit(self) -> None:
-        if os.getpid() == self._pid:  # a forked child never writes its parent's ledger
-            _write(self._fd, self.state)
+        if self._forks == _forks[0]:  # a forked child never writes its parent's ledger
+            offset, data = _next_slot(self.state)
+            self._slots[offset : offset + len(data)] = data
 
     def start(self, key: Key) -> None:
         """A worker starts loading the model: counted now, so a load that never ends shows."""
@@ -254,8 +287,10 @@ class Ledger:
             fd = _lock(self.path, blocking=True)
             assert fd is not None
             previous, self._fd = self._fd, fd
+            self._slots.close()
+            self._slots = _map(fd)
             os.close(previous)  # releases only the removed file's lock
-            _write(self._fd, self.state)
+            self._commit()
         return True
 
 

@@ -38,9 +38,11 @@ def _micros(stamp: str) -> int:
 
 def write_all(fd: int, data: bytes) -> None:
     """Write every byte: ``os.write`` may write less than asked."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+    written = os.write(fd, data)
+    if written < len(data):
+        view = memoryview(data)[written:]
+        while view:
+            view = view[os.write(fd, view) :]
 
 
 class LogFile:

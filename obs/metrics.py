@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from bisect import bisect_left
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Tuple
+from typing import Any, Callable, Dict, Iterable, Mapping, Tuple
 
 from prometheus_client import Counter, Gauge, Histogram, values
 from prometheus_client.metrics import MetricWrapperBase
@@ -89,32 +89,15 @@ class ProcessInstruments:
         self._internal.labels(component).inc()
 
 
-Increments = List[Tuple[Any, float]]
-"""``(value, amount)`` pairs: prometheus_client values and what to add to each."""
+def _cells(child: Any) -> mpvalue.Cells:
+    return child._sum, list(child._upper_bounds), child._buckets
 
 
-class _HistogramCells:
-    """The values one observation of a histogram child adds to: its sum and one bucket.
-
-    Reads the child's ``_upper_bounds``, ``_buckets`` and ``_sum``, as its own ``observe``
-    does; finding the bucket by bisection replaces its Python loop over the bounds.
-    """
-
-    __slots__ = ("_bounds", "_buckets", "sum")
-
-    def __init__(self, child: Any) -> None:
-        self._bounds = list(child._upper_bounds)
-        self._buckets = child._buckets
-        self.sum = child._sum
-
-    def add(self, increments: Increments, amount: float) -> None:
-        increments.append((self.sum, amount))
-        increments.append((self._buckets[bisect_left(self._bounds, amount)], 1.0))
-
-
-def _inc_each(increments: Iterable[Tuple[Any, float]]) -> None:
-    for value, amount in increments:
-        value.inc(amount)
+def _observe_each(observations: Iterable[Tuple[mpvalue.Cells, float]]) -> None:
+    """:func:`obs.mpvalue.observe_all` for values kept in memory only."""
+    for (total, bounds, buckets), amount in observations:
+        total.inc(amount)
+        buckets[bisect_left(bounds, amount)].inc(1.0)
 
 
 class ModelInstruments:
@@ -131,11 +114,13 @@ class ModelInstruments:
         self.stage_seconds = {s: stage.labels(model, version, s) for s in Stage.TIMED}
         self.batch_size = create(Metrics.BATCH_SIZE).labels(model, version)
         self.batch_fill = create(Metrics.BATCH_FILL).labels(model, version)
-        self._stage_cells = {s: _HistogramCells(c) for s, c in self.stage_seconds.items()}
-        self._size_cells = _HistogramCells(self.batch_size)
-        self._fill_cells = _HistogramCells(self.batch_fill)
-        multiprocess = isinstance(self._size_cells.sum, mpvalue.MultiProcessValue)
-        self._write: Callable[[Increments], None] = mpvalue.add_all if multiprocess else _inc_each
+        self._stage_cells = {s: _cells(c) for s, c in self.stage_seconds.items()}
+        self._size_cells = _cells(self.batch_size)
+        self._fill_cells = _cells(self.batch_fill)
+        multiprocess = isinstance(self._size_cells[0], mpvalue.MultiProcessValue)
+        self._observe_all: Callable[[Iterable[Tuple[mpvalue.Cells, float]]], None] = (
+            mpvalue.observe_all if multiprocess else _observe_each
+        )
         self._errors = create(Metrics.ERRORS)
         self._error_children: Dict[Tuple[str, str], Any] = {}
         self.load_seconds = create(Metrics.MODEL_LOAD_DURATION).labels(model, version)
@@ -154,13 +139,12 @@ class ModelInstruments:
 
     def observe_batch(self, stage_seconds: Mapping[str, float], size: int, fill: float) -> None:
         """A batch's stage durations, size and fill ratio, written together (one lock)."""
-        increments: Increments = []
-        for stage, seconds in stage_seconds.items():
-            self._stage_cells[stage].add(increments, seconds)
+        cells = self._stage_cells
+        observations = [(cells[stage], seconds) for stage, seconds in stage_seconds.items()]
         if size:
-            self._size_cells.add(increments, size)
-            self._fill_cells.add(increments, fill)
-        self._write(increments)
+            observations.append((self._size_cells, size))
+            observations.append((self._fill_cells, fill))
+        self._observe_all(observations)
 
     def count_error(self, stage: str, exception: str) -> None:
         key = (stage, exception)

@@ -18,11 +18,22 @@ prometheus_client's own protection against ``fork()`` (it compares PIDs), so thi
 from __future__ import annotations
 
 import os
+import struct
 import threading
+from bisect import bisect_left
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Tuple
 
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
+
+Cells = Tuple["MultiProcessValue", List[float], List["MultiProcessValue"]]
+"""A histogram child's sum value, upper bounds and bucket values: what one observation
+adds to is its sum and one bucket (prometheus_client's ``_sum``, ``_upper_bounds`` and
+``_buckets``; bisection replaces its Python loop over the bounds)."""
+
+_pack_value = struct.Struct("dd").pack
+"""A value and its timestamp as MmapedDict stores them, written by slice assignment, as
+its ``write_value`` does (``pack_into`` would show readers a transient zero)."""
 
 _lock = threading.Lock()
 _files: Dict[str, MmapedDict] = {}
@@ -100,19 +111,26 @@ def _check_fork() -> None:
             value._open(keep_values=False)
 
 
-def add_all(increments: Iterable[Tuple[MultiProcessValue, float]]) -> None:
-    """Add each amount to its value, as ``inc`` does, under one acquisition of the lock.
+def observe_all(observations: Iterable[Tuple[Cells, float]]) -> None:
+    """Observe each amount in its histogram (its sum and one bucket) under one acquisition
+    of the lock.
 
-    A batch's metric updates (a dozen values) then take the lock once instead of once each:
+    A batch's observations (a dozen values) then take the lock once instead of once each:
     the batched writer under prometheus_client's API, as its ``values.py`` sits under
-    ``metrics.py``. Every value is still in its file before this returns.
+    ``metrics.py``. Every value is in its file before this returns. Histogram values never
+    carry a timestamp.
     """
     with _lock:
-        _check_fork()
-        for value, amount in increments:
-            value._value += amount
-            value._timestamp = 0.0
-            value._file.write_value(value._key, value._value, 0.0)
+        if _owner["seen"] != _owner["generation"]:
+            _check_fork()
+        for (total, bounds, buckets), amount in observations:
+            total._value += amount
+            position = total._position
+            total._file._m[position : position + 16] = _pack_value(total._value, 0.0)
+            bucket = buckets[bisect_left(bounds, amount)]
+            bucket._value += 1.0
+            position = bucket._position
+            bucket._file._m[position : position + 16] = _pack_value(bucket._value, 0.0)
 
 
 class MultiProcessValue:
@@ -151,6 +169,8 @@ class MultiProcessValue:
             mmap.write_value(self._key, self._value, self._timestamp)
         else:
             self._value, self._timestamp = mmap.read_value(self._key)
+        self._position: int = mmap._positions[self._key]
+        """Where the value is in the file: :func:`observe_all` writes there directly."""
 
     def inc(self, amount: float) -> None:
         with _lock:

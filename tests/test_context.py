@@ -115,6 +115,6 @@ def test_header_names_are_learned_once_and_never_grow_without_bound() -> None:
 
     for i in range(context._MAX_HEADER_NAMES + 10):
         RequestIds.from_headers("ts-1", {f"X-Invented-{i}": "v"})
-    assert len(context._header_roles) <= context._MAX_HEADER_NAMES
+    assert len(context._seen_names) <= context._MAX_HEADER_NAMES
     ids = RequestIds.from_headers("ts-1", {"X-REQUEST-id": "abc", "TRACEPARENT": VALID})
     assert (ids.client_request_id, ids.span_id) == ("abc", "00f067aa0ba902b7")
