@@ -7,11 +7,13 @@
   lines logged as a worker logs them.
 * In a real worker and at saturation: see ``saturation.py`` (one TorchServe, wrk, TorchServe's
   own timers).
+* In CPU instructions under callgrind, where valgrind is installed: see ``instructions.py``
+  (the one figure this host's noise cannot move).
 
 Every figure is min / median / max over rounds, printed beside its A/A control (plain
 against plain: the noise floor), and compared with its target. Prints one JSON object.
 
-    python benchmarks/mixin_overhead.py [--quick | --tiny] [--in-process-only]
+    python benchmarks/mixin_overhead.py [--quick | --tiny] [--in-process-only] [--no-instructions]
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from typing import Any, Dict, List, Optional, Sequence
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import saturation  # noqa: E402 (beside this file; the repository root goes on sys.path first)
+import instructions  # noqa: E402 (beside this file; the repository root goes on sys.path first)
+import saturation  # noqa: E402
 from saturation import PHASES, STDOUT, TO_FILE, spread  # noqa: E402
 
 MIXIN, PLAIN_A, PLAIN_B, ANCHOR = "mixin", "plain_a", "plain_b", "ts_metrics_api"
@@ -224,6 +227,9 @@ def main() -> None:
         "--tiny", action="store_true", help="a smoke test: the first phase only, one short round"
     )
     parser.add_argument("--in-process-only", action="store_true", help="no TorchServe, no wrk")
+    parser.add_argument(
+        "--no-instructions", action="store_true", help="skip the callgrind counts (2 minutes)"
+    )
     args = parser.parse_args()
     rounds, calls, seconds, phases = 5, 400, 5, PHASES
     if args.quick:
@@ -237,6 +243,9 @@ def main() -> None:
         saturated = {}
         if not args.in_process_only:
             saturated = saturation.measure(phases, rounds, seconds, Path(scratch))
+    counted = None
+    if not (args.no_instructions or args.tiny) and instructions.available():
+        counted = instructions.measure(REPO, (1, 32))
     report = {
         "code": code_version(),
         "machine": {
@@ -247,6 +256,7 @@ def main() -> None:
         "targets": targets(per_request, saturated),
         "in_process": per_request,
         "saturation": saturated,
+        "instructions_per_batch": counted,
     }
     print(json.dumps(report, indent=2))
 

@@ -108,3 +108,17 @@ def test_tiny_run_reports_every_target_beside_its_aa_control() -> None:
     assert phase["mean_batch_size"]["plain_a"]["median"] == 1.0
     assert all(v["median"] > 0 for v in phase["prediction_minus_handler_us_per_request"].values())
     assert phase["json_lines_in_file"] > 0
+    assert report["instructions_per_batch"] is None  # --tiny skips the callgrind counts
+
+
+def test_instruction_counts_show_what_the_mixin_adds(monkeypatch) -> None:
+    """The callgrind harness runs the mixin for real; few calls, so only the shape is judged."""
+    import instructions
+
+    assert instructions.available(), (
+        "valgrind is needed (Debian package valgrind; .ci/run installs it)"
+    )
+    monkeypatch.setattr(instructions, "CALLS", (5, 25))
+    one = instructions.measure(instructions.REPO, (1,))["batch_1"]
+    assert 0 < one["plain_per_batch"] * 10 < one["mixin_per_batch"]  # a few k vs ~200k
+    assert one["added_per_request"] == one["mixin_per_batch"] - one["plain_per_batch"]
