@@ -91,6 +91,7 @@ def instructions(root: Path, variant: str, size: int, calls: int) -> int:
             text=True,
             check=True,
             cwd=scratch,
+            env={**os.environ, "PYTHONHASHSEED": "0"},  # the same dict layouts in every run
         )
     found = re.search(r"Collected : (\d+)", run.stderr)
     if found is None:
