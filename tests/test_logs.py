@@ -247,6 +247,20 @@ def _dropped_records(directory: Path) -> float:
     )
 
 
+def _settled_count(receiver: ForwardReceiver) -> int:
+    """Records received once the dead worker's connection has been read to its end: the
+    count stops changing (checked for 0.5 s, at most 10 s: a loaded machine reads slowly)."""
+    count, stable_since, deadline = -1, time.monotonic(), time.monotonic() + 10
+    while time.monotonic() < deadline:
+        now = len(receiver.snapshot())
+        if now != count:
+            count, stable_since = now, time.monotonic()
+        elif time.monotonic() - stable_since >= 0.5:
+            break
+        time.sleep(0.05)
+    return count
+
+
 def test_sigterm_never_hangs_a_busy_worker_and_counts_every_record_it_ships(tmp_path) -> None:
     """20 rounds: SIGTERM lands anywhere in a worker busy writing metrics and lines; each
     exits of SIGTERM within 3 s (the handler used to deadlock on prometheus_client's lock,
@@ -289,9 +303,8 @@ def test_sigterm_never_hangs_a_busy_worker_and_counts_every_record_it_ships(tmp_
         dropped = _dropped_records(metrics_dir)
         delivered = 0
         if receiver is not None:
-            time.sleep(0.3)  # the receiver reads what the dead worker's socket still held
+            delivered = _settled_count(receiver)
             receiver.close()
-            delivered = len(receiver.snapshot())
         assert written > 0
         assert written - 1 <= delivered + dropped <= written, (round_, written, delivered, dropped)
 
