@@ -10,6 +10,7 @@ counted in ``tsobs_internal_errors_total`` and otherwise ignored.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import itertools
@@ -19,7 +20,7 @@ import threading
 import time
 import types
 from contextvars import ContextVar
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 from obs import heartbeat, ledger, logs, mpvalue
 from obs.context import RequestIds, bind_batch, reset_batch
@@ -444,6 +445,18 @@ def _batch_of(handler: Any) -> Optional[_Batch]:
     return batch
 
 
+@contextlib.contextmanager
+def _in_batch(batch: _Batch) -> Iterator[None]:
+    """This thread or task inside ``batch``, as ``begin`` puts the thread that calls
+    ``handle``: stages see it and log lines carry its fields."""
+    token, fields_token = _current_batch.set(batch), bind_batch(batch.fields)
+    try:
+        yield
+    finally:
+        reset_batch(fields_token)
+        _current_batch.reset(token)
+
+
 def wrap_stages(handler: Any) -> None:
     """Time the stages on the instance, so the most-derived override is what is timed."""
     for stage in (Stage.PREPROCESS, Stage.INFERENCE, Stage.POSTPROCESS):
@@ -481,7 +494,12 @@ def _timed_stage(handler: Any, stage: str, method: Callable[..., Any]) -> Callab
 
     @functools.wraps(method)
     def timed(*args: Any, **kwargs: Any) -> Any:
-        batch = _current_batch.get() or _batch_of(handler)
+        batch = _current_batch.get()
+        if batch is None:  # a thread of the handler's own, e.g. MicroBatching's stage threads
+            batch = _batch_of(handler)
+            if batch is not None:  # in its batch: its log lines carry the batch's IDs too
+                with _in_batch(batch):
+                    return timed(*args, **kwargs)
         started = clock()
         try:
             result = method(*args, **kwargs)

@@ -84,3 +84,16 @@ def test_torchserves_micro_batching_is_observed(served: tuple) -> None:
     ids = {r.request_id for r in responses}
     lines = wait_for(lambda: completion_lines(server, MICRO, ids), what="micro-batch lines")
     assert all(len(found) == 1 and found[0]["status"] == 200 for found in lines.values())
+    # The handler's own lines, logged in MicroBatching's stage threads, carry their batch.
+    batch_of = {request_id: found[0]["batch_id"] for request_id, found in lines.items()}
+    user_lines = [
+        r
+        for r in json_log_lines(server.json_log)
+        if str(r.get("event", "")).startswith("micro_preprocess") and r.get("model_name") == MICRO
+    ]
+    assert len(user_lines) >= 12  # 24 requests in micro-batches of 2
+    for line in user_lines:
+        assert line["request_ids"] and {batch_of[i] for i in line["request_ids"]} == {
+            line["batch_id"]
+        }, line
+    assert set(batch_of) == {i for line in user_lines for i in line["request_ids"]}
