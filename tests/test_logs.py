@@ -18,7 +18,7 @@ from obs.fluent import FluentShipper
 from obs.services import free_port
 from obs.settings import Settings
 from tests.support.forward_receiver import ForwardReceiver
-from tests.support.traffic import wait_for
+from tests.support.traffic import parse_samples, total, wait_for
 
 
 def lines(stream: io.StringIO) -> list:
@@ -232,19 +232,12 @@ while True:  # a worker in inference: metric writes hold prometheus_client's loc
 
 
 def _dropped_records(directory: Path) -> float:
-    from prometheus_client import CollectorRegistry
-    from prometheus_client.multiprocess import MultiProcessCollector
-
+    """``tsobs_log_records_dropped_total`` as the exporter serves it from ``directory``."""
+    from obs.exporter import MetricsSource
     from obs.signals import Metrics
 
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=str(directory))
-    return sum(
-        sample.value
-        for family in registry.collect()
-        for sample in family.samples
-        if sample.name == Metrics.LOG_RECORDS_DROPPED.name
-    )
+    exposition = MetricsSource(directory).render("")[0].decode()
+    return total(parse_samples(exposition), Metrics.LOG_RECORDS_DROPPED.name)
 
 
 def _settled_count(receiver: ForwardReceiver) -> int:
