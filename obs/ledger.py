@@ -192,7 +192,7 @@ def _lock(path: Path, blocking: bool) -> Optional[int]:
 
 _forks = [0]
 """Forks this process is from its ancestors: a ledger opened before a fork is not the child's
-(compared on every write instead of ``os.getpid()``, a system call)."""
+(compared instead of ``os.getpid()``, a system call on every write)."""
 os.register_at_fork(after_in_child=lambda: _forks.__setitem__(0, _forks[0] + 1))
 
 _owned: Dict[str, Ledger] = {}
@@ -208,7 +208,6 @@ class Ledger:
         self.path = path
         self._fd = _lock(path, blocking=True)
         assert self._fd is not None
-        self._pid = os.getpid()
         self._forks = _forks[0]
         self._guard = threading.Lock()
         self.state = read_state(self._fd) or _new_state()
@@ -224,7 +223,7 @@ class Ledger:
                 return 0
             settled = settle(self.state, lost_lines)
             self.settled = settled
-            self.state["pid"] = self._pid
+            self.state["pid"] = os.getpid()
             self._commit()
             return settled
 
@@ -300,7 +299,7 @@ def open_ledger(directory: Path, identity: str, lost_lines: Optional[LostLines] 
     path = ledger_path(directory, identity)
     with _owned_lock:
         ledger = _owned.get(str(path))
-        if ledger is None or ledger._pid != os.getpid():
+        if ledger is None or ledger._forks != _forks[0]:
             ledger = _owned[str(path)] = Ledger(path)
             if lost_lines is not None:
                 ledger.settle_predecessor(lost_lines)
@@ -308,7 +307,7 @@ def open_ledger(directory: Path, identity: str, lost_lines: Optional[LostLines] 
 
 
 def owned_paths() -> List[str]:
-    return [path for path, ledger in _owned.items() if ledger._pid == os.getpid()]
+    return [path for path, ledger in _owned.items() if ledger._forks == _forks[0]]
 
 
 class Reading:

@@ -121,8 +121,7 @@ def observe_all(observations: Iterable[Tuple[Cells, float]]) -> None:
     carry a timestamp.
     """
     with _lock:
-        if _owner["seen"] != _owner["generation"]:
-            _check_fork()
+        _check_fork()
         for (total, bounds, buckets), amount in observations:
             total._value += amount
             position = total._position
