@@ -506,9 +506,7 @@ def _timed_stage(handler: Any, stage: str, method: Callable[..., Any]) -> Callab
         except BaseException:
             account(batch, started, True)
             raise
-        if batch is not None:  # account(batch, started, False), inline on the hot path
-            seconds = batch.stage_seconds
-            seconds[stage] = seconds.get(stage, 0.0) + clock() - started
+        account(batch, started, False)
         return result
 
     setattr(timed, _WRAPPED, True)
