@@ -302,6 +302,52 @@ def test_sigterm_never_hangs_a_busy_worker_and_counts_every_record_it_ships(tmp_
         assert written - 1 <= delivered + dropped <= written, (round_, written, delivered, dropped)
 
 
+SIGALRM_WORKER = """
+import os, signal, sys, time
+from obs import logs
+from obs.metrics import ProcessInstruments, use_multiprocess_dir
+from obs.settings import Settings
+from pathlib import Path
+use_multiprocess_dir(Path(sys.argv[1]), "w9001")
+def mine(signum, frame):
+    pass
+def on_term(signum, frame):
+    print("alarm handler kept:", signal.getsignal(signal.SIGALRM) is mine, flush=True)
+    signal.setitimer(signal.ITIMER_REAL, 0)  # else SIGALRM's default ends the shutdown
+    sys.exit(0)
+signal.signal(signal.SIGTERM, on_term)  # the worker's own handlers, before the mixin's
+signal.signal(signal.SIGALRM, mine)
+signal.setitimer(signal.ITIMER_REAL, 0.01, 0.01)
+logs.configure(Settings.from_env(), on_drop=ProcessInstruments().count_dropped, stream=open(os.devnull, "w"))
+print("ready", flush=True)
+while True:
+    time.sleep(0.001)
+"""
+
+
+def test_sigterm_leaves_a_sigalrm_the_worker_uses_alone(tmp_path) -> None:
+    """The give-way timer needs SIGALRM: a worker that uses it keeps its handler, and its own
+    SIGTERM handler still runs after the flush."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TSOBS_FLUENT_HOST": "127.0.0.1", "TSOBS_FLUENT_PORT": str(free_port())}
+    worker = subprocess.Popen(
+        [sys.executable, "-c", SIGALRM_WORKER, str(tmp_path)], env=env, stdout=subprocess.PIPE
+    )
+    try:
+        assert worker.stdout is not None and worker.stdout.readline() == b"ready\n"
+        worker.send_signal(signal.SIGTERM)
+        out, _ = worker.communicate(timeout=3)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    assert worker.returncode == 0 and out == b"alarm handler kept: True\n", (worker.returncode, out)
+
+
 def test_ecs_outcome_takes_only_the_values_ecs_allows() -> None:
     stream = io.StringIO()
     emitter = logs.LogEmitter(Settings.from_env({"TSOBS_LOG_FIELDS": "ecs"}), stream=stream)
