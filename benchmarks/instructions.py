@@ -4,7 +4,9 @@ Wall-clock figures on a shared 2-core VM swing by 2x from minute to minute; an i
 count under valgrind (callgrind) does not. A handler whose stages do nothing runs ``handle``
 N1 and then N2 times, with the mixin and without, each in its own process under callgrind;
 the slope (difference of totals / (N2 - N1)) is the instructions one batch costs, start-up
-excluded. The request headers are what a traced client sends (X-Request-ID, traceparent).
+excluded. The floor (``handlers/floor_writes.py``, the same writes with the least Python) is
+counted the same way: what the mixin adds above it is the cost of its structure. The
+request headers are what a traced client sends (X-Request-ID, traceparent).
 
     python benchmarks/instructions.py [--root CHECKOUT] [--batch-sizes 1 32]
 
@@ -26,6 +28,8 @@ from pathlib import Path
 from typing import Any, Dict, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
+HANDLERS = REPO / "benchmarks" / "handlers"
+"""Where ``floor_writes.py`` is: the floor comes from this checkout whatever ``--root`` is."""
 CALLS = (100, 600)
 """N1 and N2: enough calls that the slope is exact to well under 1%."""
 
@@ -51,6 +55,12 @@ class Plain:
 class Observed(ObservabilityMixin, Plain):
     pass
 
+sys.path.insert(0, sys.argv[5])
+from floor_writes import FloorWrites
+
+class Floor(FloorWrites, Plain):
+    pass
+
 variant, size, calls = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 headers = {
     "X-Request-ID": "bench-client-request-0001",
@@ -62,7 +72,7 @@ context = Context("m", tempfile.gettempdir(), {"model": {"modelVersion": "1.0"}}
 context.request_ids = {i: f"4b7f{i:04d}-aaaa-bbbb-cccc-123456789abc" for i in range(size)}
 context.request_processor = [RequestProcessor(dict(headers)) for _ in range(size)]
 sys.stdout = open(os.devnull, "w")  # the mixin's JSON lines
-handler = Observed() if variant == "mixin" else Plain()
+handler = {"mixin": Observed, "floor": Floor, "plain": Plain}[variant]()
 handler.initialize(context)
 data = [{"body": b"[0.1, 0.2, 0.3, 0.4]"}] * size
 for _ in range(calls):
@@ -86,6 +96,7 @@ def instructions(root: Path, variant: str, size: int, calls: int) -> int:
                 variant,
                 str(size),
                 str(calls),
+                str(HANDLERS),
             ],
             capture_output=True,
             text=True,
@@ -105,14 +116,18 @@ def per_batch(root: Path, variant: str, size: int) -> int:
 
 
 def measure(root: Path, batch_sizes: Sequence[int]) -> Dict[str, Any]:
-    """Per batch size: instructions per batch without and with the mixin, and per request."""
+    """Per batch size: instructions per batch without the mixin, with it and with the floor
+    (``handlers/floor_writes.py``: the least Python that writes the same), and what the mixin
+    and the floor add per request."""
     results: Dict[str, Any] = {}
     for size in batch_sizes:
-        plain, mixin = per_batch(root, "plain", size), per_batch(root, "mixin", size)
+        plain, mixin, floor = (per_batch(root, v, size) for v in ("plain", "mixin", "floor"))
         results[f"batch_{size}"] = {
             "plain_per_batch": plain,
             "mixin_per_batch": mixin,
+            "floor_per_batch": floor,
             "added_per_request": round((mixin - plain) / size),
+            "floor_added_per_request": round((floor - plain) / size),
         }
     return results
 

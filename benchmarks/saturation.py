@@ -37,8 +37,11 @@ PLAIN_A = "plain_a"
 PLAIN_B = "plain_b"
 STDOUT = "json_lines_on_stdout"
 TO_FILE = "json_lines_to_file"
+FLOOR = "floor_writes"
+"""The same writes with the least Python (``handlers/floor_writes.py``): what no Python
+instrumentation can go below."""
 ARCHIVES = {PLAIN_A: "tiny_plain.mar", PLAIN_B: "tiny_plain.mar", STDOUT: "tiny.mar"}
-"""Archive of each variant; ``TO_FILE``'s is derived from ``tiny.mar`` (see :func:`variant_archive`)."""
+"""Archive of each variant; ``TO_FILE``'s and ``FLOOR``'s are derived (see :func:`variant_archive`)."""
 
 FEATURES = [0.1, 0.2, 0.3, 0.4]
 SLEEP_S = 0.005
@@ -60,7 +63,7 @@ class Phase:
 
 
 PHASES = (
-    Phase("trivial_batch_1", 1, 8, FEATURES, (PLAIN_A, PLAIN_B, STDOUT, TO_FILE)),
+    Phase("trivial_batch_1", 1, 8, FEATURES, (PLAIN_A, PLAIN_B, STDOUT, TO_FILE, FLOOR)),
     # The example handler sleeps for {"sleep": s} in preprocess: a step that holds the worker
     # for 5 ms but leaves the CPU free, as a GPU step does (its CPU side is a few launches).
     # A busy loop would instead measure contention for this host's two cores.
@@ -69,9 +72,16 @@ PHASES = (
         1,
         8,
         {"sleep": SLEEP_S, "features": FEATURES},
-        (PLAIN_A, PLAIN_B, STDOUT),
+        (PLAIN_A, PLAIN_B, STDOUT, FLOOR),
     ),
-    Phase("trivial_batch_32", 32, 64, FEATURES, (PLAIN_A, PLAIN_B, STDOUT), max_batch_delay_ms=50),
+    Phase(
+        "trivial_batch_32",
+        32,
+        64,
+        FEATURES,
+        (PLAIN_A, PLAIN_B, STDOUT, FLOOR),
+        max_batch_delay_ms=50,
+    ),
 )
 
 
@@ -101,6 +111,12 @@ def variant_archive(base: Path, handler: Path, out: Path, extra: Sequence[Path] 
         for path in (handler, *extra):
             mar.write(path, path.name)
     return out
+
+
+def floor_archive(plain: Path, out: Path) -> Path:
+    """The plain archive with the floor's writes (``FLOOR``)."""
+    handlers = HERE / "handlers"
+    return variant_archive(plain, handlers / "tiny_floor.py", out, [handlers / "floor_writes.py"])
 
 
 class LogTail:
@@ -212,7 +228,8 @@ def measure(
         HERE / "handlers" / "tiny_observed_to_file.py",
         store / "to_file.mar",
     )
-    archives = {**ARCHIVES, TO_FILE: "to_file.mar"}
+    floor_archive(store / ARCHIVES[PLAIN_A], store / "floor.mar")
+    archives = {**ARCHIVES, TO_FILE: "to_file.mar", FLOOR: "floor.mar"}
     server = TorchServe(
         scratch / "torchserve",
         store,

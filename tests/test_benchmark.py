@@ -80,7 +80,16 @@ def test_tiny_run_reports_every_target_beside_its_aa_control() -> None:
     report = json.loads(done.stdout)
     assert len(report["targets"]) == 7
     for row in report["targets"]:
-        assert set(row) == {"measure", "source", "target", "median", "range", "aa_control", "met"}
+        assert set(row) == {
+            "measure",
+            "source",
+            "target",
+            "median",
+            "range",
+            "aa_control",
+            "floor",
+            "met",
+        }
         if row["source"] not in ("in_process", *report["saturation"]):
             assert row["median"] is None and row["met"] is None  # a phase --tiny skips
             continue
@@ -88,6 +97,7 @@ def test_tiny_run_reports_every_target_beside_its_aa_control() -> None:
         low, high = row["range"]
         assert low <= row["median"] <= high
         assert set(row["aa_control"]) == {"min", "median", "max"}
+        assert set(row["floor"]) == {"min", "median", "max"}
     assert {row["source"] for row in report["targets"]} == {
         "in_process",
         "trivial_batch_1",
@@ -97,13 +107,14 @@ def test_tiny_run_reports_every_target_beside_its_aa_control() -> None:
     assert list(report["saturation"]) == ["trivial_batch_1"]
     for batch in report["in_process"]["batches"].values():
         for compared in (batch["added_us_per_request"], batch["throughput_ratio"]):
-            assert set(compared) == {"mixin", "aa_control", "ts_metrics_api"}
+            assert set(compared) == {"mixin", "aa_control", "ts_metrics_api", "floor_writes"}
             assert all(isinstance(v["median"], float) for v in compared.values())
     phase = report["saturation"]["trivial_batch_1"]
     assert set(phase["throughput_ratio"]) == {
         "aa_control",
         "json_lines_on_stdout",
         "json_lines_to_file",
+        "floor_writes",
     }
     assert phase["mean_batch_size"]["plain_a"]["median"] == 1.0
     assert all(v["median"] > 0 for v in phase["prediction_minus_handler_us_per_request"].values())
@@ -122,3 +133,6 @@ def test_instruction_counts_show_what_the_mixin_adds(monkeypatch) -> None:
     one = instructions.measure(instructions.REPO, (1,))["batch_1"]
     assert 0 < one["plain_per_batch"] * 10 < one["mixin_per_batch"]  # a few k vs ~200k
     assert one["added_per_request"] == one["mixin_per_batch"] - one["plain_per_batch"]
+    # The floor does the same writes with less Python: above plain, below the mixin.
+    assert one["plain_per_batch"] * 10 < one["floor_per_batch"] < one["mixin_per_batch"]
+    assert one["floor_added_per_request"] == one["floor_per_batch"] - one["plain_per_batch"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Dict, Iterator, List
 
@@ -182,6 +183,35 @@ def test_logs_from_user_code_carry_the_batch_context(
     assert by_event["stdlib says hi"]["logger"] == __name__
     assert by_event["request_completed"]["preprocess_ms"] > 0
     assert logging.getLogger().handlers == root_handlers  # TorchServe's root logger untouched
+
+
+def test_the_benchmark_floor_writes_every_field_the_mixin_writes(
+    model_store: Path, services, tmp_path: Path, capfd
+) -> None:
+    """benchmarks/handlers/floor_writes.py is the least Python that writes what the mixin
+    writes: its lines must carry every field the mixin's do, or the floor would be too low."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import saturation
+
+    archive = saturation.floor_archive(model_store / f"{PLAIN_MODEL_NAME}.mar", tmp_path / "f.mar")
+    floor = load_model(unpack_archive(archive, tmp_path / "floor"), "floor", batch_size=8)
+    traced = {
+        "X-Request-ID": "client-7",
+        "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    }
+    requests = batch(GOOD, GOOD, headers=traced)
+    capfd.readouterr()
+    assert predict(floor, requests) == predict(services[PLAIN_MODEL_NAME], requests)
+    floor_lines = [json.loads(line) for line in capfd.readouterr().out.splitlines()]
+    predict(services[MODEL_NAME], requests)
+    mixin_lines = [
+        record
+        for record in (json.loads(line) for line in capfd.readouterr().out.splitlines())
+        if record["event"] == "request_completed"
+    ]
+    assert len(floor_lines) == len(mixin_lines) == 2
+    assert set(floor_lines[0]) == set(mixin_lines[0])
+    assert floor_lines[1]["client_request_id"] == mixin_lines[1]["client_request_id"] == "client-7"
 
 
 def test_ecs_field_names(monkeypatch, capsys) -> None:
