@@ -239,7 +239,7 @@ def main() -> None:
     )
     parser.add_argument("--in-process-only", action="store_true", help="no TorchServe, no wrk")
     parser.add_argument(
-        "--no-instructions", action="store_true", help="skip the callgrind counts (2 minutes)"
+        "--no-instructions", action="store_true", help="skip the callgrind counts (about 4 minutes)"
     )
     args = parser.parse_args()
     rounds, calls, seconds, phases = 5, 400, 5, PHASES
