@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from contextvars import ContextVar, Token
 from types import MappingProxyType
-from typing import Any, Dict, Mapping, NamedTuple, Optional, Set, Tuple
+from typing import AbstractSet, Any, Dict, Mapping, NamedTuple, Optional, Set, Tuple
 
 from obs.signals import Field
 
@@ -99,15 +99,20 @@ _id_names: Dict[Any, int] = {}
 _MAX_HEADER_NAMES = 4096
 
 
-def _learn_headers(names: Set[Any]) -> None:
-    if len(_seen_names) + len(names) > _MAX_HEADER_NAMES:  # clients inventing names: forget
+def _learn_headers(names: AbstractSet[Any]) -> None:
+    """Learn the spellings among one request's ``names`` not seen yet. If they would overflow
+    the table (clients inventing names), it is emptied and all of ``names`` learned: the
+    request being read needs its ID headers known, however often they came before."""
+    unseen = names - _seen_names
+    if len(_seen_names) + len(unseen) > _MAX_HEADER_NAMES:
         _seen_names.clear()
         _id_names.clear()
-    for name in names:
+        unseen = set(names)
+    for name in unseen:
         role = _ROLES.get(name.lower(), 0) if isinstance(name, str) else 0
         if role:
             _id_names[name] = role
-    _seen_names.update(names)
+    _seen_names.update(unseen)
 
 
 class RequestIds(NamedTuple):
@@ -125,7 +130,7 @@ class RequestIds(NamedTuple):
         if headers:
             names = headers.keys()
             if not names <= _seen_names:
-                _learn_headers(names - _seen_names)
+                _learn_headers(names)
             for name, role in _id_names.items():
                 value = headers.get(name)
                 if value is None:

@@ -118,3 +118,18 @@ def test_header_names_are_learned_once_and_never_grow_without_bound() -> None:
     assert len(context._seen_names) <= context._MAX_HEADER_NAMES
     ids = RequestIds.from_headers("ts-1", {"X-REQUEST-id": "abc", "TRACEPARENT": VALID})
     assert (ids.client_request_id, ids.span_id) == ("abc", "00f067aa0ba902b7")
+
+
+def test_a_request_that_empties_the_name_table_keeps_its_ids() -> None:
+    """The request whose new names overflow the table is read whole: the names it shares
+    with earlier requests are learned again with its new ones, not forgotten with the rest."""
+    from obs import context
+
+    RequestIds.from_headers("ts-1", {"X-Request-ID": "warm", "traceparent": VALID})
+    for i in range(context._MAX_HEADER_NAMES - len(context._seen_names)):
+        RequestIds.from_headers("ts-1", {f"X-Filler-{i}": "v"})
+    assert len(context._seen_names) == context._MAX_HEADER_NAMES
+    headers = {"X-Request-ID": "kept", "traceparent": VALID, "X-Overflow": "v"}
+    ids = RequestIds.from_headers("ts-2", headers)
+    assert (ids.client_request_id, ids.span_id) == ("kept", "00f067aa0ba902b7")
+    assert len(context._seen_names) <= context._MAX_HEADER_NAMES
