@@ -14,7 +14,6 @@ price of its guarantees and its structure; a target below this cannot be met in 
 import itertools
 import mmap
 import os
-import re
 import struct
 import sys
 import tempfile
@@ -24,13 +23,22 @@ from bisect import bisect_left
 
 import orjson
 
-_BOUNDS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
-_TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}\Z")
+from obs.context import _TRACEPARENT_00 as _TRACEPARENT  # the usual header, as the mixin reads it
+from obs.signals import Metrics
+
+_BOUNDS = [list(Metrics.STAGE_DURATION.buckets)] * 4 + [
+    list(Metrics.BATCH_SIZE.buckets),
+    list(Metrics.BATCH_FILL.buckets),
+]
+"""The bucket bounds of the six histograms a batch observes, in the order of ``observed``."""
+_FIRST_CELLS = [sum(len(b) + 2 for b in _BOUNDS[:i]) for i in range(len(_BOUNDS))]
+"""Each histogram's cells, consecutive: its sum, then a bucket per bound and one for +Inf."""
 _HEADER = struct.Struct("<4sII")
 _VALUE = struct.Struct("dd").pack
 _SLOT = 1 << 16
 _CELLS = 2 * _SLOT
 """Where the histogram cells start in the map: after the ledger's two slots."""
+_MAP_BYTES = _CELLS + sum(len(b) + 2 for b in _BOUNDS) * 16
 _KEY = "model\tversion"
 
 
@@ -39,9 +47,9 @@ class FloorWrites:
         super().initialize(context)
         directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.gettempdir()
         fd = os.open(os.path.join(directory, f"floor_{os.getpid()}"), os.O_RDWR | os.O_CREAT)
-        os.ftruncate(fd, _CELLS + 64 * 16)
-        self._map = mmap.mmap(fd, _CELLS + 64 * 16)
-        self._values = [0.0] * 64
+        os.ftruncate(fd, _MAP_BYTES)
+        self._map = mmap.mmap(fd, _MAP_BYTES)
+        self._values = [0.0] * ((_MAP_BYTES - _CELLS) // 16)
         self._state = {"seq": 0, "counts": {_KEY: {"requests": [0, 0, 0]}}, "inflight": {}}
         self._batches = itertools.count(1)
         self._second = (None, "")
@@ -93,11 +101,11 @@ class FloorWrites:
         seconds = time.perf_counter() - started
         observed = (preprocess, inference, postprocess, seconds, len(ids), 1.0)
         values, cells = self._values, self._map
-        for cell, amount in enumerate(observed):
-            values[cell] += amount
-            at = _CELLS + cell * 16
-            cells[at : at + 16] = _VALUE(values[cell], 0.0)
-            bucket = 16 + cell * 4 + bisect_left(_BOUNDS, amount) % 4
+        for amount, bounds, total in zip(observed, _BOUNDS, _FIRST_CELLS):
+            values[total] += amount
+            at = _CELLS + total * 16
+            cells[at : at + 16] = _VALUE(values[total], 0.0)
+            bucket = total + 1 + bisect_left(bounds, amount)
             values[bucket] += 1.0
             at = _CELLS + bucket * 16
             cells[at : at + 16] = _VALUE(values[bucket], 0.0)
