@@ -360,7 +360,7 @@ class Observer:
         common[Field.BATCH_ID] = batch.fields[Field.BATCH_ID]
         common[Field.BATCH_SIZE] = batch.size
         for stage, seconds in batch.stage_seconds.items():
-            common[STAGE_FIELDS[stage]] = int(seconds * 1e6 + 0.5) / 1000  # logs.milliseconds
+            common[STAGE_FIELDS[stage]] = logs.milliseconds(seconds)
         records = []
         for index, (request_id, client_request_id, trace_id, span_id) in enumerate(batch.ids):
             record: Dict[str, Any] = {Field.BATCH_INDEX: index}
